@@ -1,0 +1,72 @@
+"""The `moe-jax` entry point: parse, call a library function, print. Logic lives in the libraries.
+
+Each subcommand lives in a module exposing
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace, extra: list[str]) -> int
+and is imported only when chosen, so `moe-jax law` never pays for importing JAX or TensorFlow.
+`extra` holds the arguments argparse did not recognise (e.g. `--config.train.steps=10` overrides);
+commands that take none must reject them via `reject_extra`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from moe_jax.errors import UserError
+
+# name -> (module, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "law": ("moe_jax.scaling.cli_law", "predict the loss of one (N_act, tokens, experts) point"),
+    "plan": ("moe_jax.scaling.cli_plan", "optimal (E, d_model, layers, tokens, LR) for a budget"),
+    "fit": ("moe_jax.scaling.cli_fit", "fit a Chinchilla or joint MoE law to a CSV of runs"),
+    "model-info": ("moe_jax.model.cli_info", "parameter and FLOP counts of a config's model"),
+    "data": ("moe_jax.data.cli", "prepare and inspect datasets and vocabularies"),
+    "train": ("moe_jax.train.cli", "train a dense or MoE model from a config"),
+}
+
+
+def reject_extra(extra: list[str]) -> None:
+    """Raise a UserError naming unrecognised arguments."""
+    if extra:
+        raise UserError(f"unrecognised arguments: {' '.join(extra)}")
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-jax",
+        description="Joint MoE scaling laws: plan, train, sweep and fit Mixture-of-Experts LMs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<11} {h}" for n, (_, h) in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of the commands below")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _top_parser().print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"moe-jax: error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"moe-jax {name}", description=help_text)
+    module.add_arguments(parser)
+    args, extra = parser.parse_known_args(rest)
+    try:
+        return int(module.run(args, extra) or 0)
+    except UserError as err:
+        print(f"moe-jax {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"moe-jax {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Scaling laws, counting, fitting and optimal configurations: numpy/scipy only, never imports JAX."""
