@@ -1,0 +1,346 @@
+"""Optimal configurations under a law (SPEC §4): compute-optimal per E, memory-constrained (the paper's
+d_model sweep, or a realistic integer-shape variant), inference-aware budgets, and the
+"E× tokens at equal total parameters" comparison.
+
+Works with both law kinds of `moe_jax.scaling.law`. A Chinchilla law has no expert dependence, so
+it only answers for E = 1 (asking it about E > 1 is a UserError rather than a silently E-blind answer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from moe_jax.errors import UserError
+from moe_jax.scaling import constants, counting
+
+# ---------------------------------------------------------------- input checks
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        valid = "a finite number ≥ 0" if allow_zero else "a finite positive number"
+        raise UserError(f"{name} must be {valid}, got {value!r}")
+    return x
+
+
+def check_experts(law, experts) -> tuple[int, ...]:
+    """Validate an expert list (integers ≥ 1, no repeats) against the law kind."""
+    try:
+        values = tuple(int(e) for e in experts)
+    except (TypeError, ValueError):
+        raise UserError(f"expert counts must be integers ≥ 1, got {experts!r}") from None
+    if not values or any(e < 1 for e in values) or any(float(e) != float(x) for e, x in zip(values, experts)):
+        raise UserError(f"expert counts must be integers ≥ 1, got {list(experts)!r}")
+    if len(set(values)) != len(values):
+        raise UserError(f"expert counts must not repeat, got {list(values)!r}")
+    if law.kind == "chinchilla" and values != (1,):
+        raise UserError(
+            f"a Chinchilla law has no expert dependence; use experts = 1 or a joint law, got {list(values)!r}"
+        )
+    return values
+
+
+# ---------------------------------------------------------------- shapes of the paper's rule
+
+
+def d_model_for_params(n_params, experts=1, total: bool = False, vocab: int = constants.PAPER_VOCAB):
+    """Real-valued d_model whose paper shape (L = d/64) has n_params active (or total) parameters.
+
+    Solves c·d³/64 + 2·V·d = N with c = 13 (active) or 4 + 9E (total): one positive real root,
+    written in the cancellation-free Cardano form t − p/(3t), t = cbrt(q/2 + sqrt(q²/4 + p³/27)).
+    """
+    n = np.asarray(n_params, np.float64)
+    c = (4.0 + 9.0 * np.asarray(experts, np.float64)) if total else 13.0
+    a = c / constants.PAPER_HEAD_DIM
+    p, q = 2.0 * vocab / a, n / a  # d³ + p·d − q = 0
+    t = np.cbrt(q / 2.0 + np.sqrt(q * q / 4.0 + p**3 / 27.0))
+    return t - p / (3.0 * t)
+
+
+# ---------------------------------------------------------------- compute-optimal
+
+
+@dataclass(frozen=True)
+class ComputeOptimal:
+    """The compute-optimal point of one expert count at one budget."""
+
+    experts: int
+    n_act: float
+    tokens: float
+    loss: float
+    flops: float
+    inference_tokens: float = 0.0
+
+    @property
+    def d_model(self) -> float:
+        """Real-valued d_model of the paper's shape rule with this N_act."""
+        return float(d_model_for_params(self.n_act))
+
+    @property
+    def lr(self) -> float:
+        return counting.lr_for(self.n_act, self.experts)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(d_model=self.d_model, n_layers=self.d_model / constants.PAPER_HEAD_DIM, lr=self.lr)
+        return d
+
+
+def compute_optimal_closed_form(law, flops, experts: int = 1):
+    """(N*, D*, L*) in closed form, vectorised over flops (SPEC §4).
+
+    G = (α_E A_E / (β_E B_E))^(1/(α_E+β_E)), N* = G·(F/6)^(β_E/(α_E+β_E)), D* = (F/6)^(α_E/(α_E+β_E)) / G.
+    """
+    c = law.per_expert(experts)
+    f6 = np.asarray(flops, np.float64) / 6.0
+    s = c.alpha + c.beta
+    g = (c.alpha * c.A / (c.beta * c.B)) ** (1.0 / s)
+    n = g * f6 ** (c.beta / s)
+    d = f6 ** (c.alpha / s) / g
+    return n, d, c.loss(n, d)
+
+
+def compute_optimal_numeric(law, flops: float, experts: int = 1, inference_tokens: float = 0.0) -> ComputeOptimal:
+    """Minimise L(N, D(N)) over log N with D(N) = (F − 2·N·D_inf)/(6·N): bounded 1-D search.
+
+    The loss is convex in log N (sum of two exponentials of log N), so the bounded search is exact
+    to its tolerance. With D_inf = 0 this is the closed form's cross-check.
+    """
+    flops = _positive("flops", flops)
+    d_inf = _positive("inference tokens", inference_tokens, allow_zero=True)
+    c = law.per_expert(experts)
+    n_hi = flops / 6.0 if d_inf == 0 else flops / (2.0 * d_inf)  # D ≥ 1 token / inference fits
+
+    def tokens(n):
+        return (flops - 2.0 * n * d_inf) / (6.0 * n)
+
+    def objective(x):
+        n = math.exp(x)
+        d = tokens(n)
+        return float(c.loss(n, d)) if d > 0 else math.inf
+
+    hi = math.log(n_hi) - 1e-9
+    res = minimize_scalar(objective, bounds=(math.log(1.0), hi), method="bounded", options={"xatol": 1e-9})
+    n = math.exp(float(res.x))
+    return ComputeOptimal(int(experts), n, tokens(n), float(res.fun), flops, d_inf)
+
+
+def compute_optimal(law, flops: float, experts=constants.PAPER_EXPERTS, inference_tokens: float = 0.0):
+    """Compute-optimal point per expert count: closed form, or numeric when inference tokens are given."""
+    flops = _positive("flops", flops)
+    d_inf = _positive("inference tokens", inference_tokens, allow_zero=True)
+    experts = check_experts(law, experts)
+    if d_inf > 0:
+        n_min = float(counting.paper_n_act(constants.PAPER_HEAD_DIM, 1))
+        if flops <= 2.0 * n_min * d_inf * (1 + 1e-9):
+            raise UserError(
+                f"{d_inf:g} inference tokens spend the whole budget of {flops:g} FLOPs even on the smallest "
+                f"model ({n_min:.3g} active params, {2 * n_min * d_inf:.3g} FLOPs); lower --inference-tokens"
+            )
+        return [compute_optimal_numeric(law, flops, e, d_inf) for e in experts]
+    out = []
+    for e in experts:
+        n, d, loss = compute_optimal_closed_form(law, flops, e)
+        out.append(ComputeOptimal(e, float(n), float(d), float(loss), flops))
+    return out
+
+
+# ---------------------------------------------------------------- memory-constrained optimum
+
+
+@dataclass(frozen=True)
+class MemoryCandidate:
+    """The best d_model of one expert count under the memory budget."""
+
+    experts: int
+    d_model: int
+    n_layers: float  # d/64: real-valued in the paper's procedure, an integer in realistic mode
+    n_heads: float
+    n_act: float
+    n_total: float
+    kv_params: float
+    tokens: float
+    loss: float
+
+    @property
+    def lr(self) -> float:
+        return counting.lr_for(self.n_act, self.experts)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "lr": self.lr}
+
+
+@dataclass(frozen=True)
+class MemoryOptimal:
+    """Argmin of the loss over (E, d_model) under N_total + KV ≤ M, with the best other E as runner-up."""
+
+    best: MemoryCandidate
+    runner_up: MemoryCandidate | None
+    margin: float | None  # runner-up loss − best loss
+    per_expert: list[MemoryCandidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = self.best.to_dict()
+        out["runner_up"] = None if self.runner_up is None else {
+            "experts": self.runner_up.experts, "loss": self.runner_up.loss, "d_model": self.runner_up.d_model}
+        out["margin"] = self.margin
+        out["per_expert"] = [c.to_dict() for c in self.per_expert]
+        return out
+
+
+def smallest_model_params(experts=1, kv_tokens: float = 0.0, vocab: int = constants.PAPER_VOCAB) -> float:
+    """N_total + KV of the smallest model the sweep considers (d = 64, one layer)."""
+    d = constants.PAPER_HEAD_DIM
+    return float(counting.paper_n_total(d, 1, experts, vocab) + kv_tokens * counting.paper_kv_params_per_token(d, 1))
+
+
+def _sweep(law, flops, memory_params, experts, kv_tokens, inference_tokens, realistic, vocab):
+    """Loss over the (E, d) grid; infeasible cells are +inf.
+
+    Shapes: d [Nd], n_act [Nd], n_total/kv/tokens/loss [E, Nd] (flops scalar) or loss [F, E, Nd].
+    """
+    step = constants.PAPER_HEAD_DIM if realistic else 1
+    lo = constants.PAPER_HEAD_DIM
+    # Upper end: the largest d whose dense model fits the memory and still gets ≥ 1 training token.
+    f_max = float(np.max(flops))
+    hi_mem = float(d_model_for_params(memory_params, 1, total=True, vocab=vocab))
+    hi_flops = float(d_model_for_params(f_max / 6.0, vocab=vocab))
+    hi = int(max(lo, min(hi_mem, hi_flops))) + 1
+    d = np.arange(lo, hi + 1, step, dtype=np.float64)  # [Nd]
+    layers = d / constants.PAPER_HEAD_DIM  # [Nd]
+    e = np.asarray(experts, np.float64)[:, None]  # [E, 1]
+    n_act = counting.paper_n_act(d, layers, vocab)  # [Nd]
+    n_total = counting.paper_n_total(d, layers, e, vocab)  # [E, Nd]
+    kv = kv_tokens * counting.paper_kv_params_per_token(d, layers)  # [Nd]
+    fits = n_total + kv <= memory_params  # [E, Nd]
+    f = np.asarray(flops, np.float64)[..., None, None]  # [..., 1, 1]
+    tokens = (f - 2.0 * n_act * inference_tokens) / (6.0 * n_act)  # [..., 1, Nd]
+    ok = fits & (tokens >= 1.0)  # [..., E, Nd]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        loss = np.where(ok, law.loss(n_act, np.where(tokens >= 1.0, tokens, 1.0), e), np.inf)
+    return d, layers, n_act, n_total, kv, np.broadcast_to(tokens, loss.shape), loss
+
+
+def memory_optimal(
+    law,
+    flops: float,
+    memory_params: float,
+    experts=constants.PAPER_EXPERTS,
+    kv_tokens: float = 0.0,
+    inference_tokens: float = 0.0,
+    realistic: bool = False,
+    vocab: int = constants.PAPER_VOCAB,
+) -> MemoryOptimal:
+    """The paper's memory-constrained optimum (SPEC §4).
+
+    For each E sweep integer d_model ≥ 64 with L = d/64 (real-valued; `realistic`: d a multiple of 64,
+    so L and the head count are integers with head dim 64), keep N_total + K·2·L·d ≤ M, train on
+    D = (F − 2·N_act·D_inf)/(6·N_act) tokens, and take the argmin of the loss over all (E, d).
+    """
+    flops = _positive("flops", flops)
+    memory_params = _positive("memory", memory_params)
+    kv_tokens = _positive("KV-cache tokens", kv_tokens, allow_zero=True)
+    inference_tokens = _positive("inference tokens", inference_tokens, allow_zero=True)
+    experts = check_experts(law, experts)
+    smallest = smallest_model_params(min(experts), kv_tokens, vocab)
+    if memory_params < smallest:
+        raise UserError(
+            f"memory of {memory_params:.4g} parameters is too small for any model: the smallest "
+            f"(d_model 64, 1 layer, E={min(experts)}{', with its KV cache' if kv_tokens else ''}) "
+            f"needs {smallest:.4g} parameters"
+        )
+    d, layers, n_act, n_total, kv, tokens, loss = _sweep(
+        law, flops, memory_params, experts, kv_tokens, inference_tokens, realistic, vocab)
+    if not np.isfinite(loss).any():
+        if inference_tokens > 0:
+            raise UserError(
+                f"{inference_tokens:g} inference tokens spend the whole budget of {flops:g} FLOPs on every model "
+                f"that fits the memory; lower --inference-tokens or raise --flops"
+            )
+        raise UserError(f"a budget of {flops:g} FLOPs cannot train any model that fits (not even one token)")
+    per_expert = []
+    for i, e in enumerate(experts):
+        j = int(np.argmin(loss[i]))
+        if not np.isfinite(loss[i, j]):
+            continue
+        per_expert.append(MemoryCandidate(
+            experts=e,
+            d_model=int(d[j]),
+            n_layers=int(layers[j]) if realistic else float(layers[j]),
+            n_heads=int(layers[j]) if realistic else float(layers[j]),
+            n_act=float(n_act[j]),
+            n_total=float(n_total[i, j]),
+            kv_params=float(kv[j]),
+            tokens=float(tokens[i, j]),
+            loss=float(loss[i, j]),
+        ))
+    ranked = sorted(per_expert, key=lambda c: c.loss)
+    best = ranked[0]
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    margin = None if runner_up is None else runner_up.loss - best.loss
+    return MemoryOptimal(best, runner_up, margin, per_expert)
+
+
+def memory_optimal_grid(
+    law,
+    flops_values,
+    memory_values,
+    experts=constants.PAPER_EXPERTS,
+    kv_tokens: float = 0.0,
+    inference_tokens: float = 0.0,
+    realistic: bool = False,
+    vocab: int = constants.PAPER_VOCAB,
+):
+    """Memory-optimal E over a grid: array [len(memory_values), len(flops_values)], 0 where nothing fits."""
+    experts = check_experts(law, experts)
+    flops_values = np.asarray(flops_values, np.float64)  # [F]
+    out = np.zeros((len(memory_values), len(flops_values)), dtype=np.int64)
+    for r, m in enumerate(memory_values):
+        if m < smallest_model_params(min(experts), kv_tokens, vocab):
+            continue
+        *_, loss = _sweep(law, flops_values, float(m), experts, kv_tokens, inference_tokens, realistic, vocab)
+        best = loss.reshape(len(flops_values), -1)  # [F, E·Nd]
+        idx = np.argmin(best, axis=1)  # [F]
+        feasible = np.isfinite(best[np.arange(len(flops_values)), idx])
+        out[r] = np.where(feasible, np.asarray(experts)[idx // loss.shape[-1]], 0)
+    return out
+
+
+# ---------------------------------------------------------------- E× tokens at equal total parameters
+
+
+def equal_total_params_comparison(law, flops: float, experts: int, vocab: int = constants.PAPER_VOCAB) -> dict:
+    """SPEC §4 rule of thumb: the compute-optimal dense model (N*, D*) against an E-expert MoE with the
+    same total parameters (paper shape rule, real-valued d) trained on E·D* tokens.
+
+    Returns both configurations with their losses and FLOPs; "moe_wins" is loss_moe < loss_dense.
+    """
+    flops = _positive("flops", flops)
+    check_experts(law, (1, experts) if experts != 1 else (1,))
+    n_dense, d_dense, l_dense = (float(x) for x in compute_optimal_closed_form(law, flops, 1))
+    d_moe = float(d_model_for_params(n_dense, experts, total=True, vocab=vocab))
+    n_act_moe = float(counting.paper_n_act(d_moe, d_moe / constants.PAPER_HEAD_DIM, vocab))
+    tokens_moe = experts * d_dense
+    l_moe = float(law.loss(n_act_moe, tokens_moe, experts))
+    return {
+        "experts": int(experts),
+        "n_total": n_dense,
+        "dense": {"n_act": n_dense, "tokens": d_dense, "loss": l_dense, "flops": 6.0 * n_dense * d_dense},
+        "moe": {
+            "d_model": d_moe,
+            "n_act": n_act_moe,
+            "tokens": tokens_moe,
+            "loss": l_moe,
+            "flops": 6.0 * n_act_moe * tokens_moe,
+        },
+        "moe_wins": l_moe < l_dense,
+        "margin": l_dense - l_moe,
+    }
