@@ -1,0 +1,64 @@
+"""`moe-jax law`: the predicted loss of one (N_act, tokens, experts) point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from moe_jax.cli import reject_extra
+from moe_jax.errors import UserError
+from moe_jax.scaling import counting
+from moe_jax.scaling.law import load_law
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-act", metavar="N", help="active parameters incl. embedding and head (e.g. 1e8)")
+    parser.add_argument("--tokens", metavar="D", help="training tokens (e.g. 1e10)")
+    parser.add_argument("--experts", metavar="E", default="1", help="number of experts (1 = dense; default 1)")
+    parser.add_argument("--coeffs", default="paper2025", help="paper2025 | hoffmann2022 | epoch2024 | PATH to a fit JSON")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+
+
+def parse_positive(flag: str, text) -> float:
+    """A finite positive number from a flag's text, else a UserError naming the flag."""
+    if text is None:
+        raise UserError(f"{flag} is required")
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{flag} must be a finite positive number, got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    reject_extra(extra)
+    n_act = parse_positive("--n-act", args.n_act)
+    tokens = parse_positive("--tokens", args.tokens)
+    experts = parse_positive("--experts", args.experts)
+    if experts < 1:
+        raise UserError(f"--experts must be ≥ 1 (1 = dense), got {args.experts!r}")
+    law = load_law(args.coeffs)
+    if law.kind == "chinchilla" and experts != 1:
+        raise UserError(
+            f"--coeffs {args.coeffs} is a Chinchilla law with no expert dependence; use --experts 1 or a joint law"
+        )
+    loss = float(law.loss(n_act, tokens, experts))
+    if args.json:
+        print(json.dumps({
+            "loss": loss,
+            "n_act": n_act,
+            "tokens": tokens,
+            "experts": experts,
+            "flops": float(counting.training_flops(n_act, tokens)),
+            "coeffs": args.coeffs,
+            "law": law.kind,
+        }))
+    else:
+        print(
+            f"predicted loss {loss:.4f} nats/token  (N_act={n_act:.4g}, tokens={tokens:.4g}, E={experts:g}, "
+            f"{counting.training_flops(n_act, tokens):.3g} FLOPs, {law.kind} law {args.coeffs})"
+        )
+    return 0

@@ -1,0 +1,176 @@
+"""`moe-jax plan`: compute-, memory- and inference-optimal configurations for a FLOPs budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from moe_jax.cli import reject_extra
+from moe_jax.errors import UserError
+from moe_jax.scaling import constants, counting, optimal
+from moe_jax.scaling.cli_law import parse_positive
+from moe_jax.scaling.counting import format_count
+from moe_jax.scaling.law import load_law
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flops", metavar="F", help="training FLOPs budget (6·N_act·D), e.g. 1e22")
+    parser.add_argument("--experts", metavar="LIST", help="comma-separated expert counts (default 1,2,4,8,16,32)")
+    parser.add_argument("--memory", metavar="SIZE", help="accelerator memory for the weights (+KV), e.g. 80GB")
+    parser.add_argument("--bytes-per-param", metavar="B", default="2", help="bytes per stored parameter (default 2)")
+    parser.add_argument("--kv-tokens", metavar="K", default="0", help="KV-cache tokens held in memory (adds K·2·L·d)")
+    parser.add_argument("--inference-tokens", metavar="T", default="0",
+                        help="tokens served over the model's life; their 2·N_act FLOPs each come out of the budget")
+    parser.add_argument("--coeffs", default="paper2025", help="paper2025 | hoffmann2022 | epoch2024 | PATH to a fit JSON")
+    parser.add_argument("--realistic", action="store_true",
+                        help="memory plan over d_model multiples of 64 (integer layers, head dim 64)")
+    parser.add_argument("--plot", metavar="DIR", help="write loss_vs_flops.png and memory_optimal_map.png into DIR")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of tables")
+
+
+def parse_experts(text: str | None, law) -> tuple[int, ...]:
+    """'1,2,4' → (1, 2, 4); default: the paper's list for a joint law, (1,) for a Chinchilla law."""
+    if text is None:
+        return constants.PAPER_EXPERTS if law.kind == "joint" else (1,)
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise UserError(f"--experts must be a comma-separated list of integers ≥ 1 (e.g. 1,2,4,8), got {text!r}")
+    return optimal.check_experts(law, [int(p) for p in parts])
+
+
+def parse_nonnegative(flag: str, text) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} must be a number ≥ 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"{flag} must be a finite number ≥ 0, got {text!r}")
+    return value
+
+
+def build_plan(args: argparse.Namespace) -> dict:
+    """All the numbers of the plan as a JSON-ready dict (the CLI's JSON contract)."""
+    flops = parse_positive("--flops", args.flops)
+    law = load_law(args.coeffs)
+    experts = parse_experts(args.experts, law)
+    bytes_per_param = parse_positive("--bytes-per-param", args.bytes_per_param)
+    kv_tokens = parse_nonnegative("--kv-tokens", args.kv_tokens)
+    inference_tokens = parse_nonnegative("--inference-tokens", args.inference_tokens)
+    if args.memory is None and (kv_tokens > 0 or args.realistic):
+        raise UserError("--kv-tokens and --realistic apply to the memory-constrained plan: add --memory (e.g. 80GB)")
+    plan: dict = {
+        "flops": flops,
+        "coeffs": args.coeffs,
+        "law": law.kind,
+        "inference_tokens": inference_tokens,
+        "compute_optimal": [r.to_dict() for r in optimal.compute_optimal(law, flops, experts, inference_tokens)],
+    }
+    if args.memory is not None:
+        memory_bytes = counting.parse_memory(args.memory)
+        memory_params = counting.memory_in_params(memory_bytes, bytes_per_param)
+        mem = optimal.memory_optimal(
+            law, flops, memory_params, experts, kv_tokens=kv_tokens, inference_tokens=inference_tokens,
+            realistic=args.realistic)
+        plan["memory_optimal"] = {
+            **mem.to_dict(),
+            "memory_bytes": memory_bytes,
+            "memory_params": memory_params,
+            "bytes_per_param": bytes_per_param,
+            "kv_tokens": kv_tokens,
+            "realistic": bool(args.realistic),
+        }
+    return plan
+
+
+def recommendation(plan: dict) -> dict:
+    """The configuration to train: the memory optimum if a memory was given, else the best compute optimum."""
+    if "memory_optimal" in plan:
+        m = plan["memory_optimal"]
+        return {k: m[k] for k in ("experts", "d_model", "n_layers", "n_heads", "tokens", "loss", "lr")}
+    best = min(plan["compute_optimal"], key=lambda r: r["loss"])
+    return {
+        "experts": best["experts"],
+        "d_model": best["d_model"],
+        "n_layers": best["n_layers"],
+        "n_heads": best["n_layers"],
+        "tokens": best["tokens"],
+        "loss": best["loss"],
+        "lr": best["lr"],
+    }
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+
+
+def format_plan(plan: dict) -> str:
+    """The human-readable tables and the one-line recommendation."""
+    lines = [f"budget {plan['flops']:.3g} training FLOPs, {plan['law']} law '{plan['coeffs']}'"
+             + (f", {plan['inference_tokens']:.3g} inference tokens" if plan["inference_tokens"] else "")]
+    lines += ["", "compute-optimal per expert count (no memory limit; d_model from the paper's shape rule):",
+              f"{'E':>4} {'N_act':>8} {'tokens':>8} {'tok/N':>7} {'d_model':>8} {'layers':>7} {'loss':>8} {'peak LR':>9}"]
+    for r in plan["compute_optimal"]:
+        lines.append(f"{r['experts']:>4} {format_count(r['n_act']):>8} {format_count(r['tokens']):>8} "
+                     f"{r['tokens'] / r['n_act']:>7.1f} {r['d_model']:>8.0f} {r['n_layers']:>7.1f} "
+                     f"{r['loss']:>8.4f} {r['lr']:>9.2e}")
+    if "memory_optimal" in plan:
+        m = plan["memory_optimal"]
+        kv = f", KV cache of {m['kv_tokens']:.3g} tokens" if m["kv_tokens"] else ""
+        mode = "d_model multiple of 64, integer layers" if m["realistic"] else "integer d_model, layers = d/64"
+        lines += ["", f"memory-optimal under {m['memory_bytes'] / 1e9:.4g} GB at {m['bytes_per_param']:g} B/param "
+                  f"= {format_count(m['memory_params'])} params{kv} ({mode}):",
+                  f"{'E':>4} {'d_model':>8} {'layers':>7} {'N_act':>8} {'N_total':>8} {'tokens':>8} {'loss':>8} {'Δloss':>8}"]
+        for c in m["per_expert"]:
+            mark = " *" if c["experts"] == m["experts"] else ""
+            lines.append(f"{c['experts']:>4} {c['d_model']:>8} {_num(c['n_layers']):>7} {format_count(c['n_act']):>8} "
+                         f"{format_count(c['n_total']):>8} {format_count(c['tokens']):>8} {c['loss']:>8.4f} "
+                         f"{c['loss'] - m['loss']:>+8.4f}{mark}")
+        if m["runner_up"] is not None:
+            lines.append(f"runner-up: E={m['runner_up']['experts']} (loss {m['runner_up']['loss']:.4f}, "
+                         f"margin {m['margin']:.4f})")
+    r = recommendation(plan)
+    approx = "" if float(r["n_layers"]).is_integer() else " (real-valued L = d/64 of the paper; --realistic for integers)"
+    lines += ["", f"recommended: E={r['experts']}, d_model={r['d_model']:.0f}, {_num(r['n_layers'])} layers, "
+              f"{_num(r['n_heads'])} heads (head dim 64), {r['tokens']:.3g} tokens, predicted loss {r['loss']:.4f}, "
+              f"peak LR {r['lr']:.2e}{approx}"]
+    return "\n".join(lines)
+
+
+def write_plots(plan: dict, args: argparse.Namespace, out_dir: str) -> list[str]:
+    """Loss vs FLOPs per E and the memory-optimal E map, as PNGs in out_dir."""
+    from pathlib import Path
+
+    from moe_jax.scaling import plots
+
+    law = load_law(args.coeffs)
+    experts = [r["experts"] for r in plan["compute_optimal"]]
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create plot directory {out}: {err.strerror}") from None
+    flops = plan["flops"]
+    point = None
+    if "memory_optimal" in plan:
+        point = (flops, plan["memory_optimal"]["memory_params"])
+    paths = [
+        plots.plot_loss_vs_flops(law, out / "loss_vs_flops.png", experts=experts,
+                                 flops_range=(flops / 1e3, flops * 1e2), mark_flops=flops),
+        plots.plot_memory_optimal_map(law, out / "memory_optimal_map.png", experts=experts, point=point),
+    ]
+    return [str(p) for p in paths]
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    reject_extra(extra)
+    plan = build_plan(args)
+    if args.plot:
+        plan["plots"] = write_plots(plan, args, args.plot)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        print(format_plan(plan))
+        for p in plan.get("plots", []):
+            print(f"wrote {p}")
+    return 0

@@ -1,0 +1,179 @@
+"""PNG plots of a law (matplotlib Agg, no pyplot state): loss vs FLOPs per E with data, fit residuals,
+and the memory-optimal E over a (FLOPs × memory) grid.
+
+`runs` is a pandas DataFrame with columns n_act, tokens, loss and optionally experts (missing → E = 1);
+`heldout_mask` is a boolean array over its rows marking held-out runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+
+from moe_jax.errors import UserError
+from moe_jax.scaling import constants, optimal
+
+_RUN_COLUMNS = ("n_act", "tokens", "loss")
+
+
+def _colours(n: int):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.0, 0.9, max(n, 1))]
+
+
+def _run_arrays(runs, heldout_mask):
+    """n_act, tokens, loss, experts [R] and the held-out mask [R] from a runs DataFrame."""
+    missing = [c for c in _RUN_COLUMNS if c not in runs.columns]
+    if missing:
+        raise UserError(f"runs table is missing column(s) {', '.join(missing)}; needs n_act, tokens, loss[, experts]")
+    n = runs["n_act"].to_numpy(np.float64)
+    d = runs["tokens"].to_numpy(np.float64)
+    loss = runs["loss"].to_numpy(np.float64)
+    e = runs["experts"].to_numpy(np.float64) if "experts" in runs.columns else np.ones_like(n)
+    mask = np.zeros(len(n), bool) if heldout_mask is None else np.asarray(heldout_mask, bool)
+    if mask.shape != n.shape:
+        raise UserError(f"heldout_mask has {mask.size} entries for {n.size} runs")
+    return n, d, loss, e, mask
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as err:
+        raise UserError(f"cannot write plot {path}: {err.strerror}") from None
+    return path
+
+
+def plot_loss_vs_flops(
+    law,
+    path,
+    runs=None,
+    experts=constants.PAPER_EXPERTS,
+    heldout_mask=None,
+    flops_range=None,
+    mark_flops=None,
+) -> Path:
+    """Compute-optimal loss L*(F) per E (the law's frontier) with optional runs as points at F = 6·N·D."""
+    if law.kind == "chinchilla":
+        experts = (1,)
+    experts = optimal.check_experts(law, experts)
+    if runs is not None:
+        n, d, loss, e, mask = _run_arrays(runs, heldout_mask)
+        flops = 6.0 * n * d
+        if flops_range is None and len(flops):
+            flops_range = (flops.min() / 2.0, flops.max() * 10.0)
+    lo, hi = flops_range or (1e18, 1e25)
+    grid = np.geomspace(lo, hi, 200)  # [G]
+    colours = dict(zip(experts, _colours(len(experts))))
+    fig = Figure(figsize=(7.5, 5.0))
+    ax = fig.add_subplot()
+    for k in experts:
+        *_, l_star = optimal.compute_optimal_closed_form(law, grid, k)
+        ax.plot(grid, l_star, color=colours[k], lw=1.8, label=f"E={k} compute-optimal")
+    if runs is not None:
+        for k in sorted(set(e.tolist())):
+            sel = e == k
+            colour = colours.get(int(k), "grey")
+            ax.scatter(flops[sel & ~mask], loss[sel & ~mask], s=14, color=colour, alpha=0.8,
+                       label=None if int(k) in colours else f"E={k:g} runs")
+            if (sel & mask).any():
+                ax.scatter(flops[sel & mask], loss[sel & mask], s=40, facecolors="none", edgecolors=colour,
+                           linewidths=1.4)
+        if mask.any():
+            ax.scatter([], [], s=40, facecolors="none", edgecolors="black", label="held out")
+    if mark_flops is not None:
+        ax.axvline(mark_flops, color="grey", ls=":", lw=1.0, label=f"budget {mark_flops:.2g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("training FLOPs (6·N_act·D)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"{law.kind} law: loss vs compute, compute-optimal frontier per E")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_residuals(law, runs, path, heldout_mask=None, x: str = "flops") -> Path:
+    """log L̂ − log L per run against FLOPs (x="flops") or the observed loss (x="loss"), coloured by E."""
+    if x not in ("flops", "loss"):
+        raise UserError(f"residual x-axis must be 'flops' or 'loss', got {x!r}")
+    n, d, loss, e, mask = _run_arrays(runs, heldout_mask)
+    resid = np.log(law.loss(n, d, e)) - np.log(loss)  # [R]
+    xs = 6.0 * n * d if x == "flops" else loss
+    levels = sorted(set(e.tolist()))
+    colours = dict(zip(levels, _colours(len(levels))))
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    for k in levels:
+        sel = e == k
+        ax.scatter(xs[sel & ~mask], resid[sel & ~mask], s=14, color=colours[k], label=f"E={k:g}")
+        if (sel & mask).any():
+            ax.scatter(xs[sel & mask], resid[sel & mask], s=40, facecolors="none", edgecolors=colours[k],
+                       linewidths=1.4)
+    if mask.any():
+        ax.scatter([], [], s=40, facecolors="none", edgecolors="black", label="held out")
+    ax.axhline(0.0, color="black", lw=0.8)
+    rmse_tr = float(np.sqrt(np.mean(resid[~mask] ** 2))) if (~mask).any() else float("nan")
+    title = f"residuals log L̂ − log L: RMSE train {rmse_tr:.4f}"
+    if mask.any():
+        title += f", held-out {float(np.sqrt(np.mean(resid[mask] ** 2))):.4f}"
+    ax.set_title(title)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (6·N_act·D)" if x == "flops" else "observed loss")
+    ax.set_ylabel("log L̂ − log L")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def plot_memory_optimal_map(
+    law,
+    path,
+    experts=constants.PAPER_EXPERTS,
+    flops_range=(1e19, 1e26),
+    memory_range=(1e9, 1e12),
+    resolution: int = 29,
+    kv_tokens: float = 0.0,
+    inference_tokens: float = 0.0,
+    point=None,
+) -> Path:
+    """Heatmap of the memory-optimal E over FLOPs (x) × memory in parameters (y); point=(F, M) is marked."""
+    experts = optimal.check_experts(law, experts)
+    flops = np.geomspace(*flops_range, resolution)  # [F]
+    memory = np.geomspace(*memory_range, resolution)  # [M]
+    best = optimal.memory_optimal_grid(law, flops, memory, experts, kv_tokens, inference_tokens)  # [M, F]
+    levels = sorted(experts)
+    index = np.full(best.shape, np.nan)
+    for i, k in enumerate(levels):
+        index[best == k] = i
+    cmap = ListedColormap(_colours(len(levels)))
+    norm = BoundaryNorm(np.arange(len(levels) + 1) - 0.5, cmap.N)
+    fig = Figure(figsize=(7.5, 5.0))
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(flops, memory, index, cmap=cmap, norm=norm, shading="nearest")
+    for j, i in np.ndindex(best.shape):
+        if best[j, i] and (j % 2 == 0 and i % 2 == 0):
+            ax.text(flops[i], memory[j], str(best[j, i]), ha="center", va="center", fontsize=6, color="white")
+    cbar = fig.colorbar(mesh, ax=ax, ticks=range(len(levels)))
+    cbar.ax.set_yticklabels([str(k) for k in levels])
+    cbar.set_label("memory-optimal number of experts E")
+    if point is not None:
+        ax.plot([point[0]], [point[1]], marker="*", ms=14, color="red", mec="white")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("memory for weights + KV (parameters; bytes = params × bytes/param)")
+    extra = (f", KV {kv_tokens:.2g} tokens" if kv_tokens else "") + (
+        f", {inference_tokens:.2g} inference tokens" if inference_tokens else "")
+    ax.set_title(f"memory-optimal E (paper procedure){extra}")
+    return _save(fig, path)
