@@ -1,0 +1,32 @@
+"""The paper's model shapes (SPEC §5), selected by name: `configs/paper.py:<shape>_E<experts>`.
+
+Shapes: moe_jax.scaling.constants.PAPER_SHAPES (d512 … d2304, incl. d1280_L16 and d1408_L21 with head
+dim 128); experts in {1, 2, 4, 8, 16, 32}. Example: `configs/paper.py:d1024_E32`. Default: d512_E1.
+"""
+
+import ml_collections
+
+from moe_jax.errors import ConfigError
+from moe_jax.model.config import paper_shape
+from moe_jax.scaling import constants
+
+
+def parse_name(arg):
+    """'d512_E8' -> ('d512', 8); ConfigError listing the valid names otherwise."""
+    name = arg or "d512_E1"
+    shape, _, experts = name.rpartition("_E")
+    if shape not in constants.PAPER_SHAPES or not experts.isdigit() or int(experts) not in constants.PAPER_EXPERTS:
+        raise ConfigError(
+            f"unknown paper config {name!r}; use <shape>_E<experts> with shape in "
+            f"{', '.join(constants.PAPER_SHAPES)} and experts in {', '.join(map(str, constants.PAPER_EXPERTS))}"
+        )
+    return shape, int(experts)
+
+
+def get_config(arg=None):
+    shape, experts = parse_name(arg)
+    d_model, n_layers, n_heads = constants.PAPER_SHAPES[shape]
+    config = ml_collections.ConfigDict()
+    config.name = f"{shape}_E{experts}"  # the selected paper configuration
+    config.model = paper_shape(d_model, experts, n_layers=n_layers, n_heads=n_heads)
+    return config

@@ -1,0 +1,73 @@
+"""Load an ml_collections config file (`path.py[:arg]`) and apply `--config.a.b=value` overrides.
+
+Uses ml_collections' `config_flags` on a private `absl.flags.FlagValues`, so the argparse CLI and
+absl never share global flag state. Every problem becomes a one-line `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from moe_jax.errors import ConfigError, UserError
+
+_PREFIX = "--config."
+
+
+def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """`spec` = 'configs/paper.py:d512_E8' (the part after ':' goes to `get_config(arg)`);
+    `overrides` = ['--config.model.experts=4', ...]."""
+    path = spec.split(":", 1)[0]
+    if not path.endswith(".py"):
+        raise ConfigError(f"config {spec!r} must be a Python file path ending in .py, optionally with ':arg'")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path!r}")
+    bad = [o for o in overrides if not (o.startswith(_PREFIX) and "=" in o)]
+    if bad:
+        raise ConfigError(f"unrecognised override {bad[0]!r}; use --config.SECTION.FIELD=VALUE")
+    argv = ["moe-jax", f"--config={spec}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", default=None, flag_values=values, lock_config=True, sys_argv=argv)
+    try:
+        values(argv)
+        config = values.config
+    except UserError:
+        raise
+    except flags.Error as err:  # unknown field, bad type, errors in the config file
+        raise ConfigError(_one_line(err)) from None
+    except (AttributeError, KeyError) as err:  # usually an override naming a field that does not exist
+        raise ConfigError(_unknown_field(spec, overrides) or f"cannot load config {spec!r}: {_one_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 — a broken config file: name it, keep one line
+        raise ConfigError(f"cannot load config {spec!r}: {type(err).__name__}: {_one_line(err)}") from None
+    if config is None:
+        raise ConfigError(f"config file {path!r} returned no config from get_config()")
+    return config
+
+
+def _unknown_field(spec: str, overrides) -> str | None:
+    """Message naming the first override whose field is not in the config (None if all exist)."""
+    try:
+        config = load_config(spec, [])
+    except ConfigError:
+        return None
+    for override in overrides:
+        node, parts = config, override[len(_PREFIX):].split("=", 1)[0].split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(parts[:i]) or "the config"
+                valid = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
+                return f"unknown config field {'.'.join(parts[: i + 1])!r} in {override!r}; fields of {where}: {valid}"
+            node = node[part]
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    """A user error's text on one line, with its cause if it has one."""
+    cause = err.__cause__ or err.__context__
+    text = str(err)
+    if isinstance(cause, UserError):
+        text = str(cause)
+    return " ".join(text.split())

@@ -1,0 +1,29 @@
+"""A plain loop over experts: the readable reference every dispatch is tested against (not jittable)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def loop_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None):
+    """Same contract as `capacity_moe`. expert_idx must be concrete (it decides the Python loop)."""
+    t, d = x.shape
+    k = expert_idx.shape[1]
+    flat_e = np.asarray(expert_idx).reshape(-1)  # [TK], token-major
+    flat_g = gates.reshape(-1)
+    kept = np.zeros(t * k, bool)
+    y = jnp.zeros((t, d), x.dtype)
+    for e in range(w_gate.shape[0]):
+        assignments = np.nonzero(flat_e == e)[0]  # earliest first
+        if capacity is not None:
+            assignments = assignments[: int(capacity)]
+        if assignments.size == 0:
+            continue
+        kept[assignments] = True
+        tokens = assignments // k
+        xe = x[tokens]  # [n, D]
+        h = jax.nn.silu(xe @ w_gate[e]) * (xe @ w_up[e])
+        y = y.at[tokens].add((h @ w_down[e]) * flat_g[assignments][:, None].astype(x.dtype))
+    return y, jnp.asarray(kept.reshape(t, k))

@@ -1,0 +1,45 @@
+"""The token-choice router (f32 math) and its auxiliary losses and metrics (SPEC §5)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moe_jax.model.init import truncated_param
+
+
+class Router(nnx.Module):
+    """Linear d -> E, softmax over all experts, top-k by probability."""
+
+    def __init__(self, cfg, rngs: nnx.Rngs):
+        self.w = truncated_param(rngs, (cfg.d_model, cfg.experts), cfg.d_model, cfg, ("embed", "exp"))
+        self.top_k = cfg.top_k
+
+    def __call__(self, x):
+        """x [T, D] -> (logits [T, E] f32, probs [T, E] f32, gates [T, K] raw probs, expert_idx [T, K])."""
+        logits = jnp.einsum("td,de->te", x.astype(jnp.float32), self.w[...].astype(jnp.float32))
+        probs = jax.nn.softmax(logits, axis=-1)
+        gates, expert_idx = jax.lax.top_k(probs, self.top_k)
+        return logits, probs, gates, expert_idx
+
+
+def router_stats(logits, probs, expert_idx, kept) -> dict:
+    """Unweighted per-layer router losses and metrics.
+
+    load_balance_loss = E · Σ_e mean_t(p_e) · f_e, with f_e the fraction of the T·K assignments routed
+    to e before dropping (= count_e / T for top-1); z_loss = mean_t(logsumexp_e logits)²;
+    expert_load [E] = f_e; dropped_fraction = share of assignments over capacity; router_entropy = mean_t H(p).
+    logits/probs [T, E], expert_idx/kept [T, K].
+    """
+    e = probs.shape[-1]
+    load = jnp.bincount(expert_idx.reshape(-1), length=e).astype(jnp.float32) / expert_idx.size  # [E]
+    load = jax.lax.stop_gradient(load)
+    lse = jax.nn.logsumexp(logits, axis=-1)  # [T]
+    return {
+        "load_balance_loss": e * jnp.sum(jnp.mean(probs, axis=0) * load),
+        "z_loss": jnp.mean(lse**2),
+        "expert_load": load,
+        "dropped_fraction": 1.0 - jnp.mean(kept.astype(jnp.float32)),
+        "router_entropy": jnp.mean(-jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-30)), axis=-1)),
+    }

@@ -1,0 +1,88 @@
+"""The decoder-only LM (SPEC §5): embedding, pre-norm blocks, optional final norm, untied head."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from moe_jax.model.attention import Attention
+from moe_jax.model.config import validate_model_config
+from moe_jax.model.ffn import FFN
+from moe_jax.model.init import DTYPES, truncated_param
+from moe_jax.model.moe import MoE
+
+LN_EPS = 1e-5  # SPEC §5: LayerNorm eps of the authors' code
+
+
+def make_norm(cfg, rngs: nnx.Rngs) -> nnx.Module:
+    """LayerNorm (scale + bias) or RMSNorm (scale), eps 1e-5."""
+    kw = dict(epsilon=LN_EPS, dtype=DTYPES[cfg.compute_dtype], param_dtype=DTYPES[cfg.param_dtype], rngs=rngs)
+    return nnx.LayerNorm(cfg.d_model, **kw) if cfg.norm == "layernorm" else nnx.RMSNorm(cfg.d_model, **kw)
+
+
+class Block(nnx.Module):
+    """h + Attn(Norm(h)), then h + FFN/MoE(Norm(h))."""
+
+    def __init__(self, cfg, rngs: nnx.Rngs):
+        self.attn_norm = make_norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs)
+        self.ffn_norm = make_norm(cfg, rngs)
+        self.is_moe = cfg.experts > 1
+        self.ffn = MoE(cfg, rngs) if self.is_moe else FFN(cfg, rngs)
+
+    def __call__(self, x, train: bool):
+        """x [B, S, D] -> (x [B, S, D], router stats or None)."""
+        x = x + self.attn(self.attn_norm(x))
+        if self.is_moe:
+            y, stats = self.ffn(self.ffn_norm(x), train=train)
+        else:
+            y, stats = self.ffn(self.ffn_norm(x)), None
+        return x + y, stats
+
+
+class Transformer(nnx.Module):
+    """tokens [B, S] int32 -> (logits [B, S, V] f32, aux dict); see `moe_jax.model` for aux."""
+
+    def __init__(self, cfg, rngs: nnx.Rngs):
+        validate_model_config(cfg)
+        self.cfg = cfg
+        self.embed = truncated_param(rngs, (cfg.vocab_size, cfg.d_model), 1, cfg, ("vocab", "embed"))
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = make_norm(cfg, rngs) if cfg.final_norm else None
+        self.head = truncated_param(rngs, (cfg.d_model, cfg.vocab_size), cfg.d_model, cfg, ("embed", "vocab"))
+        self.dtype = DTYPES[cfg.compute_dtype]
+
+    def __call__(self, tokens, train: bool = True):
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, S, D]
+        stats = []
+        for block in self.blocks:
+            x, s = block(x, train)
+            stats.append(s)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        logits = jnp.einsum("bsd,dv->bsv", x, self.head[...].astype(self.dtype),
+                            preferred_element_type=jnp.float32)  # [B, S, V]
+        return logits, self._aux(stats)
+
+    def _aux(self, stats) -> dict:
+        """Sum the router losses over layers, stack per-layer metrics."""
+        cfg = self.cfg
+        if cfg.experts == 1:
+            zero = jnp.zeros((), jnp.float32)
+            return {"aux_loss": zero, "load_balance_loss": zero, "z_loss": zero, "dropped_fraction": zero,
+                    "expert_load": jnp.ones((cfg.n_layers, 1), jnp.float32), "router_entropy": zero}
+        lb = sum(s["load_balance_loss"] for s in stats)
+        z = sum(s["z_loss"] for s in stats)
+        return {
+            "aux_loss": cfg.load_balance_weight * lb + cfg.z_loss_weight * z,
+            "load_balance_loss": lb,
+            "z_loss": z,
+            "dropped_fraction": jnp.mean(jnp.stack([s["dropped_fraction"] for s in stats])),
+            "expert_load": jnp.stack([s["expert_load"] for s in stats]),  # [L, E]
+            "router_entropy": jnp.mean(jnp.stack([s["router_entropy"] for s in stats])),
+        }
+
+
+def build_model(model_cfg, rngs: nnx.Rngs) -> Transformer:
+    """Validate the model section and build the LM."""
+    return Transformer(model_cfg, rngs)
