@@ -1,0 +1,79 @@
+"""Tokenize a split once through its seqio Task and keep the token stream as a flat file + JSON manifest.
+
+Layout: <data_dir>/tokens/<task>/<vocab fingerprint>-h<heldout threshold>/<split>.bin (uint16 if the
+vocabulary fits, else int32) and <split>.json. Documents appear in corpus order, each followed by EOS.
+Batches then memory-map this file, so serving is a gather, and resuming is a position.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from moe_jax.data import corpus
+from moe_jax.data.config import resolved_data_dir, validate_data_config
+from moe_jax.errors import UserError
+
+MANIFEST_VERSION = 1
+
+
+def cache_dir(data_cfg) -> Path:
+    from moe_jax.data.vocab import vocab_fingerprint  # noqa: PLC0415
+
+    threshold = round(data_cfg.heldout_fraction * corpus.HASH_BUCKETS)
+    return resolved_data_dir(data_cfg) / "tokens" / data_cfg.task / f"{vocab_fingerprint(data_cfg)}-h{threshold}"
+
+
+def build_token_cache(data_cfg, split: str) -> dict:
+    """Run the seqio Task over the whole split and write <split>.bin and <split>.json; returns the manifest."""
+    from moe_jax.data.tasks import document_dataset  # noqa: PLC0415  (imports TensorFlow)
+    from moe_jax.data.vocab import get_vocabulary, vocab_fingerprint  # noqa: PLC0415
+
+    vocab = get_vocabulary(data_cfg)
+    dtype = np.uint16 if vocab.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    out = cache_dir(data_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{split}.bin.tmp{os.getpid()}"
+    start, n_docs, n_tokens = time.perf_counter(), 0, 0
+    with open(tmp, "wb") as f:
+        for example in document_dataset(data_cfg, split).as_numpy_iterator():
+            ids = example["targets"]  # [len(doc)+1] int32, EOS last
+            f.write(ids.astype(dtype).tobytes())
+            n_docs += 1
+            n_tokens += ids.size
+    if n_tokens < 2:
+        tmp.unlink()
+        raise UserError(f"split {split!r} of task {data_cfg.task!r} is empty (heldout_fraction="
+                        f"{data_cfg.heldout_fraction}); use a larger corpus or fraction")
+    manifest = dict(version=MANIFEST_VERSION, task=data_cfg.task, split=split, n_docs=n_docs,
+                    n_tokens=n_tokens, dtype=np.dtype(dtype).name, vocab_size=vocab.vocab_size,
+                    eos_id=vocab.eos_id, vocab_fingerprint=vocab_fingerprint(data_cfg),
+                    heldout_fraction=data_cfg.heldout_fraction, seconds=round(time.perf_counter() - start, 2),
+                    fingerprint=f"{data_cfg.task}/{split}/{n_docs}/{n_tokens}/{vocab_fingerprint(data_cfg)}")
+    os.replace(tmp, out / f"{split}.bin")
+    (out / f"{split}.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def load_tokens(data_cfg, split: str) -> tuple[np.ndarray, dict]:
+    """Memory-mapped token stream [T] and manifest of a split, building the cache on first use."""
+    validate_data_config(data_cfg)
+    out = cache_dir(data_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / f"{split}.json"
+    if not manifest_path.exists():
+        with open(out / f".{split}.lock", "w") as lock:  # one builder per cache, other processes wait
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not manifest_path.exists():
+                build_token_cache(data_cfg, split)
+    manifest = json.loads(manifest_path.read_text())
+    tokens = np.memmap(out / f"{split}.bin", dtype=manifest["dtype"], mode="r")
+    if tokens.size != manifest["n_tokens"]:
+        raise UserError(f"token cache {out / (split + '.bin')} has {tokens.size} tokens, manifest says "
+                        f"{manifest['n_tokens']}: delete {out} to rebuild it")
+    return tokens, manifest

@@ -1,0 +1,82 @@
+"""Vocabularies: the committed SentencePiece models, user SentencePiece files, and a GPT-2 BPE adapter.
+
+The committed models (`moe_jax/data/vocab/gutenberg_poetry_{8192,2048}.model`) are unigram SentencePiece
+models trained by `train_sentencepiece` on a fixed subsample of the default corpus's train split with T5's
+id layout (pad 0, eos 1, unk 2, no bos), byte fallback (no text is unrepresentable) and '\n' as its own piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Iterable
+
+from moe_jax.errors import ConfigError
+
+VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
+TRAIN_SAMPLE_LINES = 300_000  # lines of the train split fed to SentencePiece (a fixed, evenly strided subsample)
+
+
+def builtin_vocab_path(size: int) -> Path:
+    return VOCAB_DIR / f"gutenberg_poetry_{size}.model"
+
+
+def vocab_file(data_cfg) -> Path | str:
+    """The vocabulary file or directory a data config selects (committed model if vocab_path is '')."""
+    return data_cfg.vocab_path or builtin_vocab_path(data_cfg.builtin_vocab_size)
+
+
+def vocab_fingerprint(data_cfg) -> str:
+    """sha256 (first 16 hex) of the vocabulary's bytes: token caches are keyed by it."""
+    import tensorflow as tf  # noqa: PLC0415  (gfile reads local paths and gs:// alike)
+
+    path = str(vocab_file(data_cfg))
+    digest = hashlib.sha256()
+    names = [path] if not tf.io.gfile.isdir(path) else [f"{path}/{n}" for n in ("encoder.json", "vocab.bpe")]
+    for name in names:
+        with tf.io.gfile.GFile(name, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def get_vocabulary(data_cfg):
+    """seqio.Vocabulary of a data config: SentencePiece for *.model files, GPT-2 BPE for a directory."""
+    import seqio  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    path = str(vocab_file(data_cfg))
+    if not tf.io.gfile.exists(path):
+        hint = " (run `moe-jax data prepare --vocab-size N` to rebuild)" if not data_cfg.vocab_path else ""
+        raise ConfigError(f"data.vocab_path: vocabulary {path} does not exist{hint}")
+    if tf.io.gfile.isdir(path):
+        from moe_jax.data.gpt2_bpe import Gpt2BpeVocabulary  # noqa: PLC0415
+
+        return Gpt2BpeVocabulary(path)
+    if not path.endswith(".model"):
+        raise ConfigError(f"data.vocab_path={path!r}: expected a SentencePiece *.model file or a directory "
+                          "holding GPT-2's encoder.json and vocab.bpe")
+    return seqio.SentencePieceVocabulary(path)
+
+
+def train_sentencepiece(lines: Iterable[str], vocab_size: int, out_path: Path) -> Path:
+    """Train a unigram SentencePiece model deterministically (one thread, input order kept) to `out_path`."""
+    import sentencepiece as spm  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, byte_fallback=True, character_coverage=0.9999,
+        user_defined_symbols=["\n"], normalization_rule_name="nmt_nfkc", num_threads=1,
+        shuffle_input_sentence=False, input_sentence_size=0, minloglevel=2)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(buf.getvalue())
+    return out_path
+
+
+def strided_sample(lines: list[str], max_lines: int = TRAIN_SAMPLE_LINES) -> list[str]:
+    """Every k-th non-empty line so that at most `max_lines` remain (deterministic)."""
+    lines = [ln for ln in lines if ln.strip()]
+    step = max(1, -(-len(lines) // max_lines))
+    return lines[::step]
