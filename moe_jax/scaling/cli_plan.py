@@ -69,6 +69,14 @@ def build_plan(args: argparse.Namespace) -> dict:
     if args.memory is not None:
         memory_bytes = counting.parse_memory(args.memory)
         memory_params = counting.memory_in_params(memory_bytes, bytes_per_param)
+        smallest = optimal.smallest_model_params(min(experts), kv_tokens)
+        if memory_params < smallest:
+            raise UserError(
+                f"--memory {args.memory} ({memory_params:.4g} params at {bytes_per_param:g} B/param) is too small for "
+                f"any model: the smallest (d_model 64, 1 layer, E={min(experts)}"
+                f"{', with its KV cache' if kv_tokens else ''}) needs {smallest:.4g} params = "
+                f"{smallest * bytes_per_param / 1e6:.4g} MB"
+            )
         mem = optimal.memory_optimal(
             law, flops, memory_params, experts, kv_tokens=kv_tokens, inference_tokens=inference_tokens,
             realistic=args.realistic)

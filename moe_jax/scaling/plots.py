@@ -103,12 +103,18 @@ def plot_loss_vs_flops(
     return _save(fig, path)
 
 
+def log_residuals(law, runs):
+    """log L̂ − log L per run [R] (experts column optional, E = 1 when missing)."""
+    n, d, loss, e, _ = _run_arrays(runs, None)
+    return np.log(law.loss(n, d, e)) - np.log(loss)
+
+
 def plot_residuals(law, runs, path, heldout_mask=None, x: str = "flops") -> Path:
     """log L̂ − log L per run against FLOPs (x="flops") or the observed loss (x="loss"), coloured by E."""
     if x not in ("flops", "loss"):
         raise UserError(f"residual x-axis must be 'flops' or 'loss', got {x!r}")
     n, d, loss, e, mask = _run_arrays(runs, heldout_mask)
-    resid = np.log(law.loss(n, d, e)) - np.log(loss)  # [R]
+    resid = log_residuals(law, runs)  # [R]
     xs = 6.0 * n * d if x == "flops" else loss
     levels = sorted(set(e.tolist()))
     colours = dict(zip(levels, _colours(len(levels))))
