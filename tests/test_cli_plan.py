@@ -6,7 +6,7 @@ import pytest
 
 from moe_jax.cli import main
 from moe_jax.scaling import counting
-from tests.test_scaling_optimal import SPEC_COMPUTE_OPTIMAL, SPEC_MEMORY_OPTIMAL
+from test_scaling_optimal import SPEC_COMPUTE_OPTIMAL, SPEC_MEMORY_OPTIMAL
 
 
 def run_cli(capsys, *argv):

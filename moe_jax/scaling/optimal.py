@@ -32,7 +32,9 @@ def _positive(name: str, value, allow_zero: bool = False) -> float:
 
 
 def check_experts(law, experts) -> tuple[int, ...]:
-    """Validate an expert list (integers ≥ 1, no repeats) against the law kind."""
+    """Validate an expert list (integers ≥ 1, no repeats; a single number is a list of one) against the law."""
+    if np.ndim(experts) == 0:
+        experts = [experts]
     try:
         values = tuple(int(e) for e in experts)
     except (TypeError, ValueError):

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
 
 from moe_jax.errors import UserError
 from moe_jax.scaling import constants, optimal
@@ -91,10 +90,7 @@ def plot_loss_vs_flops(
             ax.scatter([], [], s=40, facecolors="none", edgecolors="black", label="held out")
     if mark_flops is not None:
         ax.axvline(mark_flops, color="grey", ls=":", lw=1.0, label=f"budget {mark_flops:.2g}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xscale("log")  # loss on a linear axis: log-spaced ticks of a 2-3 nats range are unreadable
     ax.set_xlabel("training FLOPs (6·N_act·D)")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"{law.kind} law: loss vs compute, compute-optimal frontier per E")
