@@ -146,3 +146,13 @@ def test_unreadable_coefficient_files(capsys, tmp_path, content):
     path.write_text(content)
     rc, out, err = run_cli(capsys, "plan", "--flops", "1e22", "--coeffs", str(path))
     assert rc == 2 and out == "" and err.count("\n") == 1 and str(path) in err
+
+
+def test_law_and_plan_never_import_jax_or_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, moe_jax.cli, moe_jax.scaling.cli_plan, moe_jax.scaling.cli_law, moe_jax.scaling.plots; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'tensorflow')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
