@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from moe_jax.errors import UserError
@@ -33,8 +34,15 @@ def reject_extra(extra: list[str]) -> None:
         raise UserError(f"unrecognised arguments: {' '.join(extra)}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (plus a pointer to --help), exit code 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="moe-jax",
         description="Joint MoE scaling laws: plan, train, sweep and fit Mixture-of-Experts LMs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"moe-jax {name}", description=help_text)
+    parser = _OneLineParser(prog=f"moe-jax {name}", description=help_text)
     module.add_arguments(parser)
     args, extra = parser.parse_known_args(rest)
     try:
@@ -66,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"moe-jax {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into e.g. `head` that closed early: not an error of ours, and no traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
