@@ -52,6 +52,8 @@ def prepare_tfds(data_cfg) -> Path:
     with open(root / f".{data_cfg.task}.lock", "w") as lock:  # concurrent test processes: build once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not builder.is_prepared():
+            if data_cfg.task == "fixture":
+                tfds.disable_progress_bar()  # seconds-long build inside tests: keep their output clean
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return Path(builder.data_dir)
 

@@ -34,7 +34,8 @@ class _CorpusBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
-                                     features=tfds.features.FeaturesDict(_FEATURES), supervised_keys=None)
+                                     features=tfds.features.FeaturesDict(_FEATURES), supervised_keys=None,
+                                     disable_shuffling=True)  # keep corpus order, not tfds' key-hash order
 
     def _split_generators(self, dl_manager):
         del dl_manager  # offline: the data is local

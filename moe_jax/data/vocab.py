@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 from typing import Iterable
 
 from moe_jax.errors import ConfigError
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
+GPT2_FILES = ("encoder.json", "vocab.bpe")
 TRAIN_SAMPLE_LINES = 300_000  # lines of the train split fed to SentencePiece (a fixed, evenly strided subsample)
 
 
@@ -29,13 +31,18 @@ def vocab_file(data_cfg) -> Path | str:
 
 def vocab_fingerprint(data_cfg) -> str:
     """sha256 (first 16 hex) of the vocabulary's bytes: token caches are keyed by it."""
-    import tensorflow as tf  # noqa: PLC0415  (gfile reads local paths and gs:// alike)
-
     path = str(vocab_file(data_cfg))
+    if "://" in path:  # remote (gs://...): TensorFlow's gfile reads it
+        import tensorflow as tf  # noqa: PLC0415
+
+        isdir, opener = tf.io.gfile.isdir, tf.io.gfile.GFile
+    else:  # local: no TensorFlow import, so serving cached tokens stays light
+        isdir, opener = os.path.isdir, open
+        if not os.path.exists(path):
+            raise ConfigError(f"data.vocab_path: vocabulary {path} does not exist")
     digest = hashlib.sha256()
-    names = [path] if not tf.io.gfile.isdir(path) else [f"{path}/{n}" for n in ("encoder.json", "vocab.bpe")]
-    for name in names:
-        with tf.io.gfile.GFile(name, "rb") as f:
+    for name in [f"{path}/{n}" for n in GPT2_FILES] if isdir(path) else [path]:
+        with opener(name, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
 

