@@ -1,0 +1,145 @@
+"""Multi-start search: screen thousands of starts with a batched L-BFGS in numpy, then polish the best
+distinct candidates with scipy's L-BFGS-B (tolerances 1e-10, as the paper).
+
+The screen runs all starts together ([S, P] arrays, one objective call per line-search trial) in
+stages; after each stage only the best `keep` starts (by objective) go on. `exhaustive_search` is the
+plain reference: one scipy L-BFGS-B run per start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+
+POLISH_OPTIONS = {"ftol": 1e-10, "gtol": 1e-10, "maxiter": 20000, "maxfun": 40000}
+# (fraction of starts kept, at least this many, iterations) per screening stage.
+SCREEN_SCHEDULE = ((1.0, 0, 10), (0.1, 500, 40), (0.01, 100, 300))
+
+
+def _dot(a, b):
+    return np.einsum("sp,sp->s", a, b)
+
+
+def batched_lbfgs(fun, x0, iters: int, memory: int = 10, ftol: float = 1e-13):
+    """Minimise fun: θ [S, P] → (f [S], ∇f [S, P]) from every row of x0 at once.
+
+    Armijo backtracking per start; pairs failing the curvature test are skipped per start. Starts whose
+    decrease falls below ftol·max(1, |f|) (or whose line search fails) stop early. Returns (x, f).
+    """
+    x = np.array(x0, np.float64)
+    f, g = fun(x)
+    s_hist = np.zeros((memory,) + x.shape)  # [M, S, P]
+    y_hist = np.zeros_like(s_hist)
+    rho = np.zeros((memory, len(x)))  # 0 = empty / skipped pair
+    gam = 1.0 / np.maximum(np.sqrt(_dot(g, g)), 1e-12)  # initial inverse-Hessian scale [S]
+    live = np.isfinite(f)
+    for it in range(iters):
+        idx = np.flatnonzero(live)
+        if not len(idx):
+            break
+        xa, fa, ga = x[idx], f[idx], g[idx]
+        # Two-loop recursion, newest pair first.
+        slots = [(it - 1 - j) % memory for j in range(min(it, memory))]
+        q = ga.copy()
+        alphas = []
+        for j in slots:
+            a = rho[j, idx] * _dot(s_hist[j, idx], q)
+            q -= a[:, None] * y_hist[j, idx]
+            alphas.append(a)
+        d = gam[idx, None] * q
+        for j, a in zip(reversed(slots), reversed(alphas)):
+            b = rho[j, idx] * _dot(y_hist[j, idx], d)
+            d += (a - b)[:, None] * s_hist[j, idx]
+        d = -d
+        slope = _dot(ga, d)
+        bad_dir = ~(slope < 0)
+        d[bad_dir] = -gam[idx][bad_dir, None] * ga[bad_dir]
+        slope[bad_dir] = _dot(ga[bad_dir], d[bad_dir])
+        # Backtracking line search on the rows still searching.
+        t = np.ones(len(idx))
+        xn, fn, gn = xa.copy(), fa.copy(), ga.copy()
+        todo = np.arange(len(idx))
+        for _ in range(30):
+            trial = xa[todo] + t[todo, None] * d[todo]
+            ft, gt = fun(trial)
+            ok = ft <= fa[todo] + 1e-4 * t[todo] * slope[todo]
+            acc = todo[ok]
+            xn[acc], fn[acc], gn[acc] = trial[ok], ft[ok], gt[ok]
+            todo = todo[~ok]
+            if not len(todo):
+                break
+            t[todo] *= 0.5
+        failed = np.zeros(len(idx), bool)
+        failed[todo] = True
+        # History update.
+        slot = it % memory
+        s, y = xn - xa, gn - ga
+        sy, yy = _dot(s, y), _dot(y, y)
+        good = (sy > 1e-12 * np.maximum(yy, 1e-300)) & ~failed
+        s_hist[slot, idx], y_hist[slot, idx] = s, y
+        rho[slot, idx] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
+        gam[idx] = np.where(good, sy / np.where(good, yy, 1.0), gam[idx])
+        done = failed | (fa - fn <= ftol * np.maximum(1.0, np.abs(fn)))
+        x[idx], f[idx], g[idx] = xn, fn, gn
+        live[idx[done]] = False
+    return x, f
+
+
+def screen(fun, starts, schedule=SCREEN_SCHEDULE, progress=None):
+    """Staged batched L-BFGS over all starts; returns the surviving (x [K, P], f [K]) sorted by f."""
+    x = np.asarray(starts, np.float64)
+    f = None
+    n0 = len(x)
+    for stage, (frac, at_least, iters) in enumerate(schedule):
+        keep = min(len(x), max(int(round(frac * n0)), at_least))
+        if f is not None and keep < len(x):
+            order = np.argsort(f, kind="stable")[:keep]
+            x = x[order]
+        if progress:
+            progress(f"screening stage {stage + 1}/{len(schedule)}: {len(x)} starts × {iters} batched L-BFGS steps")
+        x, f = batched_lbfgs(fun, x, iters)
+    order = np.argsort(f, kind="stable")
+    return x[order], f[order]
+
+
+def distinct(x, k: int, tol: float = 1e-3) -> list[int]:
+    """Indices of the first k rows of x (already ranked) that differ from every earlier pick by > tol."""
+    picked: list[int] = []
+    for i in range(len(x)):
+        if all(np.max(np.abs(x[i] - x[j])) > tol * (1.0 + np.max(np.abs(x[j]))) for j in picked):
+            picked.append(i)
+            if len(picked) == k:
+                break
+    return picked
+
+
+@dataclass
+class Polished:
+    """scipy L-BFGS-B results: θ [K, P] and objective [K]."""
+
+    x: np.ndarray
+    f: np.ndarray
+
+
+def polish(scalar_fun, starts) -> Polished:
+    """Run scipy L-BFGS-B (tolerances 1e-10) from each row of starts."""
+    xs, fs = [], []
+    for x0 in np.atleast_2d(starts):
+        res = minimize(scalar_fun, x0, jac=True, method="L-BFGS-B", options=POLISH_OPTIONS)
+        xs.append(res.x)
+        fs.append(res.fun)
+    return Polished(np.asarray(xs), np.asarray(fs))
+
+
+def exhaustive_search(scalar_fun, starts, progress=None, every: int = 500) -> Polished:
+    """The reference: scipy L-BFGS-B from every start (slow: minutes for thousands of starts)."""
+    xs, fs = [], []
+    for i, x0 in enumerate(np.atleast_2d(starts)):
+        if progress and i % every == 0:
+            progress(f"exhaustive: start {i + 1}/{len(starts)}")
+        p = polish(scalar_fun, x0[None, :])
+        xs.append(p.x[0])
+        fs.append(p.f[0])
+    return Polished(np.asarray(xs), np.asarray(fs))
