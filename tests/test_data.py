@@ -64,8 +64,11 @@ def test_heldout_hash_selects_the_requested_fraction():
 
 
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
-    cfg = data_config(task="gutenberg_poetry", data_dir=str(tmp_path))
-    with pytest.raises(UserError, match="moe-jax data prepare --task gutenberg_poetry"):
+    cfg = data_config(task="fineweb_edu", data_dir=str(tmp_path), fineweb_path=str(tmp_path / "shards"))
+    with pytest.raises(UserError, match="moe-jax data prepare --task fineweb_edu"):
+        make_train_iterator(cfg)
+    cfg = data_config(task="c4_en", data_dir=str(tmp_path))
+    with pytest.raises(UserError, match="c4/en:3.1.0 not found.*nothing is downloaded"):
         make_train_iterator(cfg)
 
 
@@ -244,6 +247,10 @@ def test_eval_batches_come_from_heldout_and_repeat_exactly(cfg):
         np.testing.assert_array_equal(x["inputs"], y["inputs"])
     np.testing.assert_array_equal(a[0]["inputs"][0], held[:SEQ])
     np.testing.assert_array_equal(a[0]["targets"][1], held[SEQ + 1:2 * SEQ + 1])
+    shares = [make_eval_batches(cfg, 2, 3, process_index=i, process_count=2) for i in range(2)]
+    for j in range(3):  # two hosts' halves tile each global eval batch
+        np.testing.assert_array_equal(np.concatenate([shares[0][j]["inputs"], shares[1][j]["inputs"]]),
+                                      a[j]["inputs"])
 
 
 def test_cli_inspect_prints_real_batches(cfg, capsys):

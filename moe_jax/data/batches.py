@@ -110,13 +110,20 @@ def make_train_iterator(data_cfg, split: str = "train", process_index: int = 0,
                           process_index, process_count)
 
 
-def make_eval_batches(data_cfg, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
-    """The first batch_size·num_batches held-out windows in stream order (cycling if the split is shorter)."""
+def make_eval_batches(data_cfg, batch_size: int, num_batches: int, process_index: int = 0,
+                      process_count: int = 1) -> list[dict[str, np.ndarray]]:
+    """Held-out windows in stream order, the same every call; `batch_size` is this process's share.
+
+    Global eval batch j is windows [j·G, (j+1)·G), G = batch_size·process_count; process i gets the
+    i-th slice of it. If the split has fewer windows than requested, windows repeat cyclically.
+    """
     from moe_jax.data.token_cache import load_tokens  # noqa: PLC0415
 
     if batch_size < 1 or num_batches < 1:
         raise UserError(f"eval batch_size={batch_size} and num_batches={num_batches} must be positive")
     tokens, manifest = load_tokens(data_cfg, "heldout")
-    it = WindowIterator(tokens, data_cfg.seq_len, data_cfg.seed, manifest["fingerprint"])
-    ids = np.arange(batch_size * num_batches, dtype=np.int64) % it.num_windows
-    return [it.windows(chunk) for chunk in ids.reshape(num_batches, batch_size)]
+    it = WindowIterator(tokens, data_cfg.seq_len, data_cfg.seed, manifest["fingerprint"], process_index,
+                        process_count)
+    global_ids = np.arange(batch_size * process_count * num_batches, dtype=np.int64) % it.num_windows
+    mine = global_ids.reshape(num_batches, process_count, batch_size)[:, process_index]  # [num_batches, b]
+    return [it.windows(chunk) for chunk in mine]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import sys
 from pathlib import Path
 
 import seqio
@@ -59,8 +60,12 @@ def prepare_tfds(data_cfg) -> Path:
 
 
 def ensure_tfds(data_cfg) -> None:
-    """Fixture: build on first use. Others: UserError with the command that prepares them."""
-    if data_cfg.task == "fixture":
+    """Built-in corpora (fixture, gutenberg_poetry) build offline on first use; others: a UserError naming
+    the command that prepares them (fineweb_edu may be huge; c4_en is never built here)."""
+    if data_cfg.task in ("fixture", "gutenberg_poetry"):
+        if data_cfg.task == "gutenberg_poetry" and not _builder(data_cfg).is_prepared():
+            print(f"moe_jax.data: preparing gutenberg_poetry under {tfds_dir(data_cfg)} (offline, once, "
+                  "~2 min with tokenization)", file=sys.stderr)
         prepare_tfds(data_cfg)
         return
     if data_cfg.task == "c4_en":
