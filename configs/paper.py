@@ -7,8 +7,10 @@ dim 128); experts in {1, 2, 4, 8, 16, 32}. Example: `configs/paper.py:d1024_E32`
 import ml_collections
 
 from moe_jax.errors import ConfigError
+from moe_jax.data.config import data_config
 from moe_jax.model.config import paper_shape
 from moe_jax.scaling import constants
+from moe_jax.train.config import train_config
 
 
 def parse_name(arg):
@@ -29,4 +31,11 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.name = f"{shape}_E{experts}"  # the selected paper configuration
     config.model = paper_shape(d_model, experts, n_layers=n_layers, n_heads=n_heads)
+    config.data = data_config(seq_len=512)  # context 512 (SPEC §5)
+    config.data.task = "fineweb_edu"  # the paper's corpus: set --config.data.fineweb_path=<shards> (and data.vocab_path=<GPT-2 BPE dir>)
+    # SPEC §5 defaults of train_config(): AdamW 0.9/0.999/1e-8, wd 0.1, clip 0.1, LR from the rule, batch 512
+    # with the 128/256 ramp-up to 0.5 B/1 B tokens, trapezoidal schedule (130 M warmup, last 20 % decay).
+    config.train = train_config(
+        tokens=8e9,  # token budget D; override per run (paper: 0.5 B … 128 B)
+    )
     return config

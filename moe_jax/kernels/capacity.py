@@ -18,6 +18,8 @@ def capacity_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | Non
     """
     t, d, k, e, _ = check_shapes(x, expert_idx, gates, w_gate, w_up, w_down)
     c = t if capacity is None else min(int(capacity), t)
+    if c == 0:  # every assignment overflows: the layer contributes nothing
+        return jnp.zeros_like(x), jnp.zeros((t, k), bool)
     flat_e, pos = positions_in_expert(expert_idx, e)  # [TK], [TK]
     kept = pos < c  # [TK]
     slot = jnp.where(kept, flat_e * c + pos, e * c)  # [TK]; e*c = out of range = dropped

@@ -12,6 +12,8 @@ def onehot_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None)
     """Same contract as `capacity_moe`; builds dispatch [T, E, C] and combine [T, E, C] tensors."""
     t, d, k, e, _ = check_shapes(x, expert_idx, gates, w_gate, w_up, w_down)
     c = t if capacity is None else min(int(capacity), t)
+    if c == 0:  # every assignment overflows: the layer contributes nothing
+        return jnp.zeros_like(x), jnp.zeros((t, k), bool)
     flat_e, pos = positions_in_expert(expert_idx, e)  # [TK]
     kept = pos < c
     # one_hot of an index >= C is all zeros, which drops the assignment.

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moe_jax.model.init import DTYPES, truncated_param
+from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
 
 
 def rope(x, base: float):
@@ -24,12 +24,12 @@ def rope(x, base: float):
 class Attention(nnx.Module):
     """Q, K, V [D, H, Dh] and O [H, Dh, D] projections; softmax scale 1/sqrt(Dh)."""
 
-    def __init__(self, cfg, rngs: nnx.Rngs):
+    def __init__(self, cfg, keys: ParamKeys):
         d, h, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
-        self.wq = truncated_param(rngs, (d, h, dh), d, cfg, ("embed", "heads", "kv"))
-        self.wk = truncated_param(rngs, (d, h, dh), d, cfg, ("embed", "heads", "kv"))
-        self.wv = truncated_param(rngs, (d, h, dh), d, cfg, ("embed", "heads", "kv"))
-        self.wo = truncated_param(rngs, (h, dh, d), h * dh, cfg, ("heads", "kv", "embed"))
+        self.wq = truncated_param(keys, (d, h, dh), d, cfg, ("embed", "heads", "kv"))
+        self.wk = truncated_param(keys, (d, h, dh), d, cfg, ("embed", "heads", "kv"))
+        self.wv = truncated_param(keys, (d, h, dh), d, cfg, ("embed", "heads", "kv"))
+        self.wo = truncated_param(keys, (h, dh, d), h * dh, cfg, ("heads", "kv", "embed"))
         self.rope_base = float(cfg.rope_base)
         self.dtype = DTYPES[cfg.compute_dtype]
 

@@ -6,21 +6,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moe_jax.model.init import DTYPES, truncated_param
+from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
 
 
 class FFN(nnx.Module):
     """W_gate, W_up [D, F]; W_down [F, D] with fan_in F."""
 
-    def __init__(self, cfg, rngs: nnx.Rngs):
+    def __init__(self, cfg, keys: ParamKeys):
         d, f = cfg.d_model, cfg.ffn_hidden
-        self.w_gate = truncated_param(rngs, (d, f), d, cfg, ("embed", "mlp"))
-        self.w_up = truncated_param(rngs, (d, f), d, cfg, ("embed", "mlp"))
-        self.w_down = truncated_param(rngs, (f, d), f, cfg, ("mlp", "embed"))
+        self.w_gate = truncated_param(keys, (d, f), d, cfg, ("embed", "mlp"))
+        self.w_up = truncated_param(keys, (d, f), d, cfg, ("embed", "mlp"))
+        self.w_down = truncated_param(keys, (f, d), f, cfg, ("mlp", "embed"))
         self.dtype = DTYPES[cfg.compute_dtype]
 
     def __call__(self, x):
-        """x [..., D] -> [..., D]."""
+        """x [..., D] -> [..., D]; computed on [T, D] (2-D matmuls are the fast path on CPU)."""
         w = lambda p: p[...].astype(self.dtype)  # noqa: E731
-        h = jax.nn.silu(jnp.einsum("...d,df->...f", x, w(self.w_gate))) * jnp.einsum("...d,df->...f", x, w(self.w_up))
-        return jnp.einsum("...f,fd->...d", h, w(self.w_down))
+        t = x.reshape(-1, x.shape[-1])  # [T, D]
+        h = jax.nn.silu(t @ w(self.w_gate)) * (t @ w(self.w_up))  # [T, F]
+        return (h @ w(self.w_down)).reshape(x.shape)

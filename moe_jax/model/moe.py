@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.kernels import DROPPING, get_dispatch
-from moe_jax.model.init import DTYPES, truncated_param
+from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
 from moe_jax.model.router import Router, router_stats
 
 
@@ -18,13 +18,13 @@ def expert_capacity(tokens: int, experts: int, top_k: int, capacity_factor: floa
 class MoE(nnx.Module):
     """Expert weights W_gate, W_up [E, D, F], W_down [E, F, D]; W_down fan_in E·F by default (SPEC §5)."""
 
-    def __init__(self, cfg, rngs: nnx.Rngs):
+    def __init__(self, cfg, keys: ParamKeys):
         d, f, e = cfg.d_model, cfg.ffn_hidden, cfg.experts
         down_fan_in = e * f if cfg.expert_down_fan_in == "experts" else f
-        self.router = Router(cfg, rngs)
-        self.w_gate = truncated_param(rngs, (e, d, f), d, cfg, ("exp", "embed", "mlp"))
-        self.w_up = truncated_param(rngs, (e, d, f), d, cfg, ("exp", "embed", "mlp"))
-        self.w_down = truncated_param(rngs, (e, f, d), down_fan_in, cfg, ("exp", "mlp", "embed"))
+        self.router = Router(cfg, keys)
+        self.w_gate = truncated_param(keys, (e, d, f), d, cfg, ("exp", "embed", "mlp"))
+        self.w_up = truncated_param(keys, (e, d, f), d, cfg, ("exp", "embed", "mlp"))
+        self.w_down = truncated_param(keys, (e, f, d), down_fan_in, cfg, ("exp", "mlp", "embed"))
         self.experts, self.top_k = e, cfg.top_k
         self.cf_train, self.cf_eval = float(cfg.capacity_factor_train), float(cfg.capacity_factor_eval)
         self.dispatch = cfg.dispatch

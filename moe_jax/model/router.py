@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moe_jax.model.init import truncated_param
+from moe_jax.model.init import ParamKeys, truncated_param
 
 
 class Router(nnx.Module):
     """Linear d -> E, softmax over all experts, top-k by probability."""
 
-    def __init__(self, cfg, rngs: nnx.Rngs):
-        self.w = truncated_param(rngs, (cfg.d_model, cfg.experts), cfg.d_model, cfg, ("embed", "exp"))
+    def __init__(self, cfg, keys: ParamKeys):
+        self.w = truncated_param(keys, (cfg.d_model, cfg.experts), cfg.d_model, cfg, ("embed", "exp"))
         self.top_k = cfg.top_k
 
     def __call__(self, x):

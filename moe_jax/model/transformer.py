@@ -8,27 +8,19 @@ from flax import nnx
 from moe_jax.model.attention import Attention
 from moe_jax.model.config import validate_model_config
 from moe_jax.model.ffn import FFN
-from moe_jax.model.init import DTYPES, truncated_param
+from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
 from moe_jax.model.moe import MoE
-
-LN_EPS = 1e-5  # SPEC §5: LayerNorm eps of the authors' code
-
-
-def make_norm(cfg, rngs: nnx.Rngs) -> nnx.Module:
-    """LayerNorm (scale + bias) or RMSNorm (scale), eps 1e-5."""
-    kw = dict(epsilon=LN_EPS, dtype=DTYPES[cfg.compute_dtype], param_dtype=DTYPES[cfg.param_dtype], rngs=rngs)
-    return nnx.LayerNorm(cfg.d_model, **kw) if cfg.norm == "layernorm" else nnx.RMSNorm(cfg.d_model, **kw)
-
+from moe_jax.model.norms import Norm
 
 class Block(nnx.Module):
     """h + Attn(Norm(h)), then h + FFN/MoE(Norm(h))."""
 
-    def __init__(self, cfg, rngs: nnx.Rngs):
-        self.attn_norm = make_norm(cfg, rngs)
-        self.attn = Attention(cfg, rngs)
-        self.ffn_norm = make_norm(cfg, rngs)
+    def __init__(self, cfg, keys: ParamKeys):
+        self.attn_norm = Norm(cfg)
+        self.attn = Attention(cfg, keys)
+        self.ffn_norm = Norm(cfg)
         self.is_moe = cfg.experts > 1
-        self.ffn = MoE(cfg, rngs) if self.is_moe else FFN(cfg, rngs)
+        self.ffn = MoE(cfg, keys) if self.is_moe else FFN(cfg, keys)
 
     def __call__(self, x, train: bool):
         """x [B, S, D] -> (x [B, S, D], router stats or None)."""
@@ -46,10 +38,11 @@ class Transformer(nnx.Module):
     def __init__(self, cfg, rngs: nnx.Rngs):
         validate_model_config(cfg)
         self.cfg = cfg
-        self.embed = truncated_param(rngs, (cfg.vocab_size, cfg.d_model), 1, cfg, ("vocab", "embed"))
-        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
-        self.final_norm = make_norm(cfg, rngs) if cfg.final_norm else None
-        self.head = truncated_param(rngs, (cfg.d_model, cfg.vocab_size), cfg.d_model, cfg, ("embed", "vocab"))
+        keys = ParamKeys(rngs)
+        self.embed = truncated_param(keys, (cfg.vocab_size, cfg.d_model), 1, cfg, ("vocab", "embed"))
+        self.blocks = nnx.List([Block(cfg, keys) for _ in range(cfg.n_layers)])
+        self.final_norm = Norm(cfg) if cfg.final_norm else None
+        self.head = truncated_param(keys, (cfg.d_model, cfg.vocab_size), cfg.d_model, cfg, ("embed", "vocab"))
         self.dtype = DTYPES[cfg.compute_dtype]
 
     def __call__(self, tokens, train: bool = True):
