@@ -1,0 +1,114 @@
+"""Orbax checkpoints of the full training state with exact resume and corrupt-checkpoint fallback.
+
+Layout: WORKDIR/checkpoints/<step>/{state, meta}. `state` is the array pytree (params, optimizer
+state, RNG); `meta` is JSON: step, tokens seen, the data iterator's state, the latest eval, the
+cumulative wall time and a per-leaf fingerprint (sum of each leaf) checked on restore, so a latest
+checkpoint that is partial, unreadable or silently corrupted is skipped for the previous good one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+@jax.jit
+def _leaf_sums(tree):
+    """One float64-free fingerprint per leaf: the float32 sum of its values, [num_leaves]."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.stack([jnp.sum(x.astype(jnp.float32)) for x in leaves]) if leaves else jnp.zeros((0,))
+
+
+def fingerprint(tree) -> list[float]:
+    """Per-leaf sums of a state pytree, as Python floats (deterministic for the same values on CPU)."""
+    return [float(x) for x in np.asarray(_leaf_sums(tree))]
+
+
+class Checkpointer:
+    """Save/restore the training state under `directory` with Orbax (async, keep-last-K)."""
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, use_async: bool = True):
+        self.directory = Path(directory).absolute()
+        self.keep, self.use_async = keep, use_async
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, enable_async_checkpointing=self.use_async, create=True,
+            cleanup_tmp_directories=True)  # partial saves of a killed run are never listed, and get removed
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Start saving `state` (pytree of arrays) and `meta` (JSON-able) at `step`; returns before the write ends when async."""
+        meta = dict(meta, step=int(step), fingerprint=fingerprint(state))
+        self._manager.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def wait(self) -> None:
+        """Block until pending async saves are committed."""
+        self._manager.wait_until_finished()
+
+    def restore_latest(self, abstract_state):
+        """(state, meta) of the newest good checkpoint, or None when there is none.
+
+        Unreadable/mismatching newer checkpoints are moved to WORKDIR/checkpoints_corrupt/ with a warning
+        (so the steps they held can be saved again) and the previous one is tried.
+        """
+        bad = []
+        result = None
+        for step in reversed(self.steps()):
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                state, meta = restored["state"], dict(restored["meta"])
+                if meta.get("fingerprint") != fingerprint(state):
+                    raise ValueError("fingerprint mismatch (checkpoint data is corrupted)")
+                result = (state, meta)
+                break
+            except Exception as err:  # any failure to read one checkpoint → fall back to an older one
+                log.warning("checkpoint at step %d is unusable (%s: %s); trying the previous one",
+                            step, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+                bad.append(step)
+        if bad:
+            self._quarantine(bad)
+        return result
+
+    def _quarantine(self, steps: list[int]) -> None:
+        self._manager.close()
+        dest = self.directory.parent / f"{self.directory.name}_corrupt"
+        dest.mkdir(exist_ok=True)
+        for step in steps:
+            src = self.directory / str(step)
+            if src.exists():
+                shutil.move(str(src), str(dest / f"{step}-{int(time.time())}"))
+        self._manager = self._open()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, dict]:
+    """(step, state as nested dicts of numpy arrays) of a run's checkpoint (default: the newest), for analysis."""
+    manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return step, jax.tree.map(np.asarray, restored["state"])
+    finally:
+        manager.close()

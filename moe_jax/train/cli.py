@@ -1,0 +1,28 @@
+"""`moe-jax train --config CONFIG --workdir DIR [--config.KEY=VALUE …]`: train or resume one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py or configs/paper.py:d512_E8")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory: checkpoints, metrics.jsonl, tb/, summary.json; re-run to resume")
+    parser.epilog = "Override any field with --config.SECTION.FIELD=VALUE, e.g. --config.train.steps=100."
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from moe_jax.configlib import load_config
+    from moe_jax.train.loop import EXIT_PREEMPTED, train
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    config = load_config(args.config, extra)
+    summary = train(config, args.workdir)
+    if summary["preempted"]:
+        return EXIT_PREEMPTED
+    shown = {k: summary[k] for k in ("n_act", "n_total", "experts", "tokens", "flops", "final_eval_loss", "wall_time_s")}
+    print(json.dumps(shown))
+    return 0

@@ -1,0 +1,155 @@
+"""Unit tests of the training pieces: schedules, batch ramp, optimizer, LR rule, config validation, MFU."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_jax.errors import ConfigError
+from moe_jax.train import schedules
+from moe_jax.train.config import train_config, validate, validate_vocab_size
+from moe_jax.train.optimizer import make_optimizer, peak_learning_rate
+
+PAPER = dict(peak_lr=1e-3, total_tokens=10e9, warmup_tokens=130e6, decay_fraction=0.2)
+
+
+def test_trapezoidal_schedule_matches_spec():
+    lr = lambda t: schedules.learning_rate(t, **PAPER)  # noqa: E731
+    assert lr(0) == 0.0
+    assert lr(65e6) == pytest.approx(0.5e-3)  # half-way through the 130 M-token warmup
+    assert lr(130e6) == pytest.approx(1e-3)
+    assert lr(7.99e9) == pytest.approx(1e-3)  # constant until the last 20 %
+    assert lr(9e9) == pytest.approx(0.5e-3)  # half-way through the decay
+    assert lr(10e9) == 0.0
+
+
+def test_cosine_and_constant_schedules():
+    cos = dict(PAPER, schedule="cosine")
+    mid = PAPER["warmup_tokens"] + (PAPER["total_tokens"] - PAPER["warmup_tokens"]) / 2
+    assert schedules.learning_rate(mid, **cos) == pytest.approx(0.5e-3)
+    assert schedules.learning_rate(10e9, **cos) == pytest.approx(0.0, abs=1e-15)
+    assert schedules.learning_rate(9.9e9, **dict(PAPER, schedule="constant")) == 1e-3
+
+
+def test_paper_batch_ramp():
+    ramp = dict(final_batch=512, ramp_tokens=(0.5e9, 1.0e9), ramp_sizes=(128, 256))
+    assert schedules.batch_size_at(0, **ramp) == 128
+    assert schedules.batch_size_at(0.5e9 - 1, **ramp) == 128
+    assert schedules.batch_size_at(0.5e9, **ramp) == 256
+    assert schedules.batch_size_at(1.0e9, **ramp) == 512
+    steps, tokens = schedules.plan_run(steps=0, tokens=2e9, seq_len=512, **ramp)
+    n128 = math.ceil(0.5e9 / (128 * 512))
+    n256 = math.ceil((1e9 - n128 * 128 * 512) / (256 * 512))
+    seen = (n128 * 128 + n256 * 256) * 512
+    n512 = math.ceil((2e9 - seen) / (512 * 512))
+    assert steps == n128 + n256 + n512 and tokens == seen + n512 * 512 * 512
+
+
+def _reference_adamw(params, grads_seq, lr, clip, b1=0.9, b2=0.999, eps=1e-8, wd=0.1):
+    """Textbook AdamW with global-norm clipping, in numpy float64."""
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    for t, g in enumerate(grads_seq, start=1):
+        norm = math.sqrt(sum(float(np.sum(x.astype(np.float64) ** 2)) for x in g.values()))
+        scale = min(1.0, clip / norm)
+        for k in p:
+            gk = g[k] * scale
+            m[k] = b1 * m[k] + (1 - b1) * gk
+            v[k] = b2 * v[k] + (1 - b2) * gk**2
+            update = (m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps)
+            p[k] = p[k] - lr * (update + wd * p[k])
+    return p
+
+
+def test_optimizer_is_clipped_adamw_with_decay_on_all_params():
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32)}
+    grads_seq = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(3)]
+    opt = make_optimizer(train_config())
+    state = opt.init(params)
+    p = jax.tree.map(jnp.asarray, params)
+    for g in grads_seq:
+        state.hyperparams["learning_rate"] = jnp.float32(0.01)
+        updates, state = opt.update(g, state, p)
+        p = jax.tree.map(lambda a, u: a + u, p, updates)
+    ref = _reference_adamw(params, grads_seq, lr=0.01, clip=0.1)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(p[k]), ref[k], rtol=2e-5, atol=1e-6)
+
+
+def test_peak_lr_rule_and_override():
+    # SPEC §3: LR(N, E) = exp(8.391640956234012 − 0.8121798244457074·ln N − 0.25·ln E)
+    expected = math.exp(8.391640956234012 - 0.8121798244457074 * math.log(78.7e6) - 0.25 * math.log(8))
+    assert peak_learning_rate(train_config(), 78.7e6, 8) == pytest.approx(expected, rel=1e-12)
+    assert peak_learning_rate(train_config(learning_rate=2e-4), 78.7e6, 8) == 2e-4
+
+
+def test_paper_config_defaults_follow_spec():
+    from moe_jax.configlib import load_config
+
+    c = load_config("configs/paper.py:d512_E8", ["--config.train.tokens=1e9"])
+    t = c.train
+    assert (t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay, t.grad_clip) == (0.9, 0.999, 1e-8, 0.1, 0.1)
+    assert (t.batch_size, tuple(t.batch_ramp_sizes), tuple(t.batch_ramp_tokens)) == (512, (128, 256), (0.5e9, 1e9))
+    assert (t.warmup_tokens, t.decay_fraction, t.schedule, t.tokens) == (130e6, 0.2, "trapezoidal", 1e9)
+    assert c.data.seq_len == 512 and c.model.experts == 8 and c.model.capacity_factor_eval == 1.5
+
+
+def _tiny():
+    from moe_jax.configlib import load_config
+
+    return load_config("configs/tiny.py", [])
+
+
+@pytest.mark.parametrize("section,field,value,needle", [
+    ("model", "top_k", 9, "top_k"),
+    ("model", "n_heads", 3, "not divisible by model.n_heads"),
+    ("model", "capacity_factor_train", 0.0, "capacity_factor_train"),
+    ("model", "dispatch", "scatter", "dispatch"),
+    ("data", "task", "wikipedia", "data.task"),
+    ("train", "learning_rate", -1e-3, "train.learning_rate"),
+    ("train", "schedule", "linear", "train.schedule"),
+    ("train", "batch_ramp_sizes", (4, 8), "same length"),
+    ("train", "steps", 0, "train.steps or train.tokens"),
+])
+def test_validate_rejects_bad_values(section, field, value, needle):
+    config = _tiny()
+    with config.unlocked():
+        config[section][field] = value
+        if field == "steps":
+            config.train.tokens = 0.0
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        validate(config, device_count=1)
+
+
+def test_validate_batch_divisible_by_devices_and_vocab():
+    config = _tiny()
+    validate(config, device_count=8)  # 16 and 8 split over 8 devices
+    with pytest.raises(ConfigError, match="batch size 16 is not divisible by the 3 devices"):
+        validate(config, device_count=3)
+    with pytest.raises(ConfigError, match=r"model\.vocab_size \(8192\) is smaller .*50257"):
+        validate_vocab_size(config, 50257)
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
+    from moe_jax.cli import main
+
+    code = main(["train", "--config", "configs/tiny.py", "--workdir", str(tmp_path), "--config.model.top_k=9"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "top_k" in err
+    assert not (tmp_path / "checkpoints").exists()  # rejected before anything was built
+
+
+def test_mfu_flops_exclude_the_embedding_gather():
+    from moe_jax.scaling.counting import ModelShape
+    from moe_jax.train.mfu import matmul_flops_per_token
+
+    s = ModelShape(d_model=128, n_layers=4, n_heads=2, head_dim=64, ffn_hidden=384, experts=8, vocab=8192)
+    # per token: 6·(attention 4d² + one expert 3dF per layer + head V·d) + attention scores 6·L·S·H·Dh
+    expected = 6 * (4 * (4 * 128 * 128 + 3 * 128 * 384) + 8192 * 128) + 6 * 4 * 128 * 2 * 64
+    assert matmul_flops_per_token(s, seq_len=128) == expected
