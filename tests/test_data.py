@@ -263,3 +263,51 @@ def test_cli_inspect_prints_real_batches(cfg, capsys):
     assert report["shapes"]["inputs"] == [[4, SEQ], "int32"] and report["tokens_per_second"] > 0
     assert report["split"] == "heldout" and report["n_docs"] == len(_docs_by_split()[1])
     assert main(["data", "inspect", "--task", "fixture", "--data-dir", cfg.data_dir, "--batches", "0"]) == 2
+
+
+# ---- other sources -----------------------------------------------------------------------------------------
+
+def test_fineweb_builder_reads_parquet_and_jsonl_shards(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moe_jax.data.tasks import document_dataset, prepare_tfds
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    rows = [(f"<urn:uuid:{i:04d}>", f"Document {i} about photosynthesis and {i * 7} leaves.") for i in range(300)]
+    pq.write_table(pa.table({"id": [r[0] for r in rows[:200]], "text": [r[1] for r in rows[:200]],
+                             "score": [3.5] * 200}), shards / "000.parquet")
+    (shards / "001.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in rows[200:]))
+    cfg = data_config(task="fineweb_edu", data_dir=str(tmp_path / "data"), fineweb_path=str(shards),
+                      heldout_fraction=0.1, seq_len=16)
+    prepare_tfds(cfg)
+    ids = {s: [ex["id"].decode() for ex in document_dataset(cfg, s).as_numpy_iterator()] for s in ("train", "heldout")}
+    expect_held = [i for i, _ in rows if corpus.is_heldout(corpus.heldout_bucket(i), 0.1)]
+    assert ids["heldout"] == expect_held and len(ids["train"]) == 300 - len(expect_held)
+    batch = make_train_iterator(cfg).next_batch(4)
+    vocab = get_vocabulary(cfg)
+    assert "Document" in vocab.decode([t for t in batch["inputs"].ravel().tolist() if t != vocab.eos_id])
+    with pytest.raises(UserError, match="no \\*.parquet or \\*.jsonl shards"):
+        prepare_tfds(data_config(task="fineweb_edu", data_dir=str(tmp_path / "d2"), fineweb_path=str(tmp_path)))
+
+
+def test_default_tasks_register_in_the_seqio_registry():
+    import seqio
+
+    from moe_jax.data.tasks import register_default_tasks
+
+    names = register_default_tasks()
+    assert "moe_jax.gutenberg_poetry.train" in names and "moe_jax.c4_en.heldout" in names
+    task = seqio.get_mixture_or_task("moe_jax.fixture.heldout")
+    assert task.output_features["targets"].vocabulary.vocab_size == 8192
+    assert task.splits == ("heldout",)
+
+
+@pytest.mark.slow
+def test_prepare_rebuilds_the_committed_vocabularies_bit_for_bit(tmp_path):
+    from moe_jax.data.vocab import builtin_vocab_path, train_default_vocab
+
+    for size in (2048, 8192):
+        rebuilt = train_default_vocab(size, tmp_path / f"{size}.model")
+        assert rebuilt.read_bytes() == builtin_vocab_path(size).read_bytes(), size

@@ -47,14 +47,12 @@ def _config(args):
 
 def prepare(cfg, vocab_size: int | None) -> dict:
     """Optionally retrain the vocabulary, build the tfds dataset, tokenize both splits; returns timings."""
-    from moe_jax.data import corpus, tasks, token_cache, vocab  # noqa: PLC0415
+    from moe_jax.data import tasks, token_cache, vocab  # noqa: PLC0415
 
     timings: dict = {}
     if vocab_size is not None:
         start = time.perf_counter()
-        lines = [ln for doc_id, text in corpus.corpus_documents("gutenberg_poetry")
-                 if not corpus.is_heldout(corpus.heldout_bucket(doc_id), 0.01) for ln in text.split("\n")]
-        out = vocab.train_sentencepiece(vocab.strided_sample(lines), vocab_size, vocab.builtin_vocab_path(vocab_size))
+        out = vocab.train_default_vocab(vocab_size)
         timings["vocab"] = dict(path=str(out), seconds=round(time.perf_counter() - start, 1))
     if cfg.task != "c4_en":
         start = time.perf_counter()

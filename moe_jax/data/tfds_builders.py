@@ -86,17 +86,21 @@ def fineweb_shards(source_path: str) -> list[str]:
 
 
 def _read_shard(path: str) -> Iterator[tuple[str, str]]:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq  # noqa: PLC0415
+    if path.endswith(".parquet"):
+        import pyarrow as pa  # noqa: PLC0415
+        import pyarrow.parquet as pq  # noqa: PLC0415
 
-            table = pq.read_table(f, columns=["id", "text"])
-            yield from zip(table.column("id").to_pylist(), table.column("text").to_pylist())
-        else:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    yield str(row["id"]), row["text"]
+        if "://" in path:  # bucket: read through gfile into memory
+            with tf.io.gfile.GFile(path, "rb") as f:
+                path = pa.BufferReader(f.read())
+        table = pq.read_table(path, columns=["id", "text"])
+        yield from zip(map(str, table.column("id").to_pylist()), table.column("text").to_pylist())
+        return
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                yield str(row["id"]), row["text"]
 
 
 BUILDERS = {"gutenberg_poetry": MoeJaxGutenbergPoetry, "fixture": MoeJaxFixture, "fineweb_edu": MoeJaxFinewebEdu}

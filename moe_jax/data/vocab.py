@@ -87,3 +87,12 @@ def strided_sample(lines: list[str], max_lines: int = TRAIN_SAMPLE_LINES) -> lis
     lines = [ln for ln in lines if ln.strip()]
     step = max(1, -(-len(lines) // max_lines))
     return lines[::step]
+
+
+def train_default_vocab(vocab_size: int, out_path: Path | None = None) -> Path:
+    """Retrain the committed model of `vocab_size` from the default corpus's train split (1 % held out)."""
+    from moe_jax.data import corpus  # noqa: PLC0415
+
+    lines = [ln for doc_id, text in corpus.corpus_documents("gutenberg_poetry")
+             if not corpus.is_heldout(corpus.heldout_bucket(doc_id), 0.01) for ln in text.split("\n")]
+    return train_sentencepiece(strided_sample(lines), vocab_size, out_path or builtin_vocab_path(vocab_size))
