@@ -67,7 +67,9 @@ def test_unprepared_dataset_says_how_to_prepare(tmp_path):
     cfg = data_config(task="fineweb_edu", data_dir=str(tmp_path), fineweb_path=str(tmp_path / "shards"))
     with pytest.raises(UserError, match="moe-jax data prepare --task fineweb_edu"):
         make_train_iterator(cfg)
-    cfg = data_config(task="c4_en", data_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="max_cache_tokens"):
+        data_config(task="c4_en")
+    cfg = data_config(task="c4_en", data_dir=str(tmp_path), max_cache_tokens=10**9)
     with pytest.raises(UserError, match="c4/en:3.1.0 not found.*nothing is downloaded"):
         make_train_iterator(cfg)
 
@@ -286,6 +288,12 @@ def test_fineweb_builder_reads_parquet_and_jsonl_shards(tmp_path):
     expect_held = [i for i, _ in rows if corpus.is_heldout(corpus.heldout_bucket(i), 0.1)]
     assert ids["heldout"] == expect_held and len(ids["train"]) == 300 - len(expect_held)
     batch = make_train_iterator(cfg).next_batch(4)
+    from moe_jax.data.token_cache import load_tokens
+
+    capped = data_config(**{**cfg.to_dict(), "max_cache_tokens": 100})
+    tokens, manifest = load_tokens(capped, "train")  # a prefix of whole documents, just past 100 tokens
+    full = load_tokens(cfg, "train")[0]
+    assert 100 <= tokens.size < full.size and tokens[-1] == 1 and np.array_equal(tokens, full[:tokens.size])
     vocab = get_vocabulary(cfg)
     assert "Document" in vocab.decode([t for t in batch["inputs"].ravel().tolist() if t != vocab.eos_id])
     with pytest.raises(UserError, match="no \\*.parquet or \\*.jsonl shards"):

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-path", default="", help="a SentencePiece *.model or GPT-2 BPE directory")
     parser.add_argument("--fineweb-path", default="", help="FineWeb-Edu shards (task fineweb_edu)")
     parser.add_argument("--c4-data-dir", default="", help="tfds data_dir holding c4/en (task c4_en)")
+    parser.add_argument("--max-cache-tokens", type=int, default=0, help="cache only ~N tokens per split "
+                        "(required for c4_en; 0 = whole split)")
     parser.add_argument("--split", default="train", choices=("train", "heldout"), help="inspect: split")
     parser.add_argument("--batches", type=int, default=20, help="inspect: batches to time (default 20)")
     parser.add_argument("--batch-size", type=int, default=32, help="inspect: global batch size (default 32)")
@@ -42,7 +44,8 @@ def _config(args):
         elif not vocab_path:
             vocab_path = str(builtin_vocab_path(args.vocab_size))
     return data_config(task=args.task, data_dir=args.data_dir, vocab_path=vocab_path, builtin_vocab_size=builtin,
-                       fineweb_path=args.fineweb_path, c4_data_dir=args.c4_data_dir, seq_len=args.seq_len)
+                       fineweb_path=args.fineweb_path, c4_data_dir=args.c4_data_dir, seq_len=args.seq_len,
+                       max_cache_tokens=args.max_cache_tokens)
 
 
 def prepare(cfg, vocab_size: int | None) -> dict:

@@ -30,6 +30,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     cfg.seed = 0  # seed of the window order (one permutation per epoch)
     cfg.heldout_fraction = 0.01  # fraction of documents held out, chosen by a hash of the document id
     cfg.c4_data_dir = ""  # tfds data_dir holding c4/en (e.g. gs://bucket/tfds); '' = data_dir/tfds
+    cfg.max_cache_tokens = 0  # tokenize only the first ~N tokens (whole documents) of a split; 0 = all (c4/fineweb: set it)
     cfg.fineweb_path = ""  # directory or glob of local FineWeb-Edu *.parquet / *.jsonl shards (task fineweb_edu)
     unknown = sorted(set(overrides) - set(cfg.keys()))
     if unknown:
@@ -56,8 +57,13 @@ def validate_data_config(cfg) -> None:
         raise ConfigError(f"data.seq_len={cfg.seq_len!r} must be a positive integer")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"data.seed={cfg.seed!r} must be a non-negative integer")
+    if not isinstance(cfg.max_cache_tokens, int) or cfg.max_cache_tokens < 0:
+        raise ConfigError(f"data.max_cache_tokens={cfg.max_cache_tokens!r} must be an integer >= 0 (0 = whole split)")
     if not 0.0 < float(cfg.heldout_fraction) < 0.5:
         raise ConfigError(f"data.heldout_fraction={cfg.heldout_fraction!r} must be in (0, 0.5)")
+    if cfg.task == "c4_en" and not cfg.max_cache_tokens:
+        raise ConfigError("data.task='c4_en' needs data.max_cache_tokens > 0 (tokens to cache from its 156 B; "
+                          "e.g. the run's token budget): the whole split would take days to tokenize")
     if cfg.task == "fineweb_edu" and not cfg.fineweb_path:
         raise ConfigError("data.task='fineweb_edu' needs data.fineweb_path = a directory or glob of "
                           "FineWeb-Edu *.parquet/*.jsonl shards")

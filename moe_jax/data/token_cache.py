@@ -2,7 +2,8 @@
 
 Layout: <data_dir>/tokens/<task>/<vocab fingerprint>-h<heldout threshold>/<split>.bin (uint16 if the
 vocabulary fits, else int32) and <split>.json. Documents appear in corpus order, each followed by EOS.
-Batches then memory-map this file, so serving is a gather, and resuming is a position.
+Batches then memory-map this file, so serving is a gather, and resuming is a position. For corpora far
+larger than a run needs (c4_en, fineweb_edu), data.max_cache_tokens caches only a prefix of the split.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def cache_dir(data_cfg) -> Path:
     from moe_jax.data.vocab import vocab_fingerprint  # noqa: PLC0415
 
     threshold = round(data_cfg.heldout_fraction * corpus.HASH_BUCKETS)
-    return resolved_data_dir(data_cfg) / "tokens" / data_cfg.task / f"{vocab_fingerprint(data_cfg)}-h{threshold}"
+    limit = f"-max{data_cfg.max_cache_tokens}" if data_cfg.max_cache_tokens else ""
+    return (resolved_data_dir(data_cfg) / "tokens" / data_cfg.task
+            / f"{vocab_fingerprint(data_cfg)}-h{threshold}{limit}")
 
 
 def build_token_cache(data_cfg, split: str) -> dict:
@@ -46,6 +49,8 @@ def build_token_cache(data_cfg, split: str) -> dict:
             f.write(ids.astype(dtype).tobytes())
             n_docs += 1
             n_tokens += ids.size
+            if data_cfg.max_cache_tokens and n_tokens >= data_cfg.max_cache_tokens:
+                break  # a prefix of whole documents: enough for the run's token budget
     if n_tokens < 2:
         tmp.unlink()
         raise UserError(f"split {split!r} of task {data_cfg.task!r} is empty (heldout_fraction="
@@ -53,7 +58,8 @@ def build_token_cache(data_cfg, split: str) -> dict:
     manifest = dict(version=MANIFEST_VERSION, task=data_cfg.task, split=split, n_docs=n_docs,
                     n_tokens=n_tokens, dtype=np.dtype(dtype).name, vocab_size=vocab.vocab_size,
                     eos_id=vocab.eos_id, vocab_fingerprint=vocab_fingerprint(data_cfg),
-                    heldout_fraction=data_cfg.heldout_fraction, seconds=round(time.perf_counter() - start, 2),
+                    heldout_fraction=data_cfg.heldout_fraction,
+                    max_cache_tokens=data_cfg.max_cache_tokens, seconds=round(time.perf_counter() - start, 2),
                     fingerprint=f"{data_cfg.task}/{split}/{n_docs}/{n_tokens}/{vocab_fingerprint(data_cfg)}")
     os.replace(tmp, out / f"{split}.bin")
     (out / f"{split}.json").write_text(json.dumps(manifest, indent=1))
