@@ -40,6 +40,6 @@ def router_stats(logits, probs, expert_idx, kept) -> dict:
         "load_balance_loss": e * jnp.sum(jnp.mean(probs, axis=0) * load),
         "z_loss": jnp.mean(lse**2),
         "expert_load": load,
-        "dropped_fraction": 1.0 - jnp.mean(kept.astype(jnp.float32)),
+        "dropped_fraction": jnp.mean(jnp.logical_not(kept).astype(jnp.float32)),
         "router_entropy": jnp.mean(-jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-30)), axis=-1)),
     }
