@@ -6,6 +6,8 @@ model can learn it (loss must fall) and resumption can be checked exactly.
 
 from __future__ import annotations
 
+import time
+
 import ml_collections
 import numpy as np
 
@@ -36,12 +38,15 @@ def _batch(seed: int, first: int, size: int, seq_len: int) -> dict:
 
 
 class FakeIterator:
+    delay_s = 0.0  # seconds to sleep per batch: keeps a child process alive long enough to be killed mid-run
+
     def __init__(self, data_cfg, process_index=0, process_count=1):
         self.cfg, self.pos = data_cfg, 0
         self.process_index, self.process_count = process_index, process_count
 
     def next_batch(self, global_batch_size: int) -> dict:
         b = global_batch_size // self.process_count
+        time.sleep(self.delay_s)
         out = _batch(self.cfg.seed, self.pos + self.process_index * b, b, self.cfg.seq_len)
         self.pos += global_batch_size
         return out
@@ -80,7 +85,7 @@ def tiny_config(experts: int = 4, **train_overrides) -> ml_collections.ConfigDic
     config.model = model_config(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, head_dim=16,
                                 ffn_hidden=96, experts=experts)
     config.data = data_config(task="fixture", seq_len=16, seed=3)
-    train = dict(steps=12, batch_size=8, batch_ramp_tokens=(256.0,), batch_ramp_sizes=(4,), learning_rate=3e-3,
+    train = dict(steps=12, batch_size=8, batch_ramp_tokens=(256.0,), batch_ramp_sizes=(4,), learning_rate=1e-2,
                  warmup_tokens=128.0, eval_every=5, eval_batches=2, eval_batch_size=8, checkpoint_every=4,
                  keep_checkpoints=2, log_every=1, tensorboard=False, progress="none", measure_mfu=False)
     train.update(train_overrides)

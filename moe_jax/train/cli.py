@@ -14,11 +14,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Override any field with --config.SECTION.FIELD=VALUE, e.g. --config.train.steps=100."
 
 
+def enable_compilation_cache() -> None:
+    """Persist compiled steps in the user cache dir, so a restarted (preempted) run skips recompiling."""
+    import jax
+
+    from moe_jax.train.mfu import cache_dir
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax_compilation_cache"))
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from moe_jax.configlib import load_config
     from moe_jax.train.loop import EXIT_PREEMPTED, train
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    enable_compilation_cache()
     config = load_config(args.config, extra)
     summary = train(config, args.workdir)
     if summary["preempted"]:

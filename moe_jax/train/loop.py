@@ -16,7 +16,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from moe_jax.errors import ConfigError, UserError
@@ -26,7 +25,7 @@ from moe_jax.train.checkpointing import Checkpointer
 from moe_jax.train.config import validate, validate_vocab_size
 from moe_jax.train.metrics import MetricsWriter, Progress
 from moe_jax.train.optimizer import make_optimizer, peak_learning_rate
-from moe_jax.train.steps import evaluate, make_eval_step, make_train_step
+from moe_jax.train.steps import evaluate, init_train_state, make_eval_step, make_train_step
 
 # Fields that may differ when resuming a workdir (they change how a run is watched, not what it computes).
 RESUME_MUTABLE = {"train.progress", "train.log_every", "train.tensorboard", "train.measure_mfu",
@@ -116,12 +115,8 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
     # Model and optimizer; arrays replicated over a 1-D data-parallel mesh of all devices.
     mesh = Mesh(np.array(jax.devices()), ("data",))
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    model = build_model(m, nnx.Rngs(t.seed))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     optimizer = make_optimizer(t)
-    state = {"params": params, "opt_state": optimizer.init(params),
-             "rng": jax.random.key_data(jax.random.key(t.seed))}
-    state = jax.device_put(state, replicated)
+    graphdef, rest, state = init_train_state(build_model, m, t.seed, optimizer, sharding=replicated)
     train_step, eval_step = make_train_step(graphdef, rest, optimizer), make_eval_step(graphdef, rest)
 
     def put(batch):  # host-local numpy [b, S] → global arrays sharded over 'data'
@@ -187,7 +182,7 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
                     now = time.time()
                     tps = window_tokens / max(now - window_t0, 1e-9)
                     row = {k: float(v) for k, v in jax.device_get(out).items()}
-                    row.update(tokens=tokens, batch_size=batch_size, tokens_per_s=tps)
+                    row.update(lr=lr, tokens=tokens, batch_size=batch_size, tokens_per_s=tps)
                     if peak:
                         row["mfu"] = flops_per_token * tps / peak
                     metrics.write(step, "train", row)

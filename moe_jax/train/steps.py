@@ -34,6 +34,24 @@ def _forward_loss(params, graphdef, rest, batch, train: bool):
     return ce + aux["aux_loss"], (ce, aux)
 
 
+def init_train_state(build_model, model_cfg, seed: int, optimizer: optax.GradientTransformation, sharding=None):
+    """(graphdef, rest, state) with state = {'params', 'opt_state', 'rng'}, initialised in ONE jitted call.
+
+    Building the NNX model eagerly dispatches (and compiles) every initialiser separately; tracing the
+    whole initialisation once is several times faster. `rest` holds non-parameter model state.
+    """
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(seed))), nnx.Param, ...)
+
+    @functools.partial(jax.jit, out_shardings=sharding)
+    def init():
+        _, params, rest = nnx.split(build_model(model_cfg, nnx.Rngs(seed)), nnx.Param, ...)
+        state = {"params": params, "opt_state": optimizer.init(params), "rng": jax.random.key_data(jax.random.key(seed))}
+        return state, rest
+
+    state, rest = init()
+    return graphdef, rest, state
+
+
 def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation):
     """A jitted train_step(state, batch, lr) → (new_state, metrics dict of scalars)."""
 
@@ -49,7 +67,7 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation):
             "loss": loss, "ce": ce, "aux_loss": aux["aux_loss"],
             "load_balance_loss": aux["load_balance_loss"], "z_loss": aux["z_loss"],
             "dropped_fraction": aux["dropped_fraction"], "load_imbalance": load_imbalance(aux["expert_load"]),
-            "router_entropy": aux["router_entropy"], "grad_norm": optax.global_norm(grads), "lr": lr,
+            "router_entropy": aux["router_entropy"], "grad_norm": optax.tree.norm(grads), "lr": lr,
         }
         return {"params": params, "opt_state": opt_state, "rng": state["rng"]}, metrics
 

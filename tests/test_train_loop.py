@@ -1,0 +1,205 @@
+"""End-to-end training on a tiny model and fake data: learning, metrics, summary, exact resume, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from moe_jax.scaling.counting import training_flops
+from moe_jax.train.checkpointing import load_state
+from moe_jax.train.loop import EXIT_PREEMPTED, TrainingDiverged, train
+from moe_jax.train.metrics import read_events, read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_helpers import VOCAB, FakeData, tiny_config  # noqa: E402
+
+LOSS_KEYS = ("loss", "ce", "aux_loss", "load_balance_loss", "z_loss", "dropped_fraction", "load_imbalance",
+             "router_entropy", "grad_norm", "lr", "tokens", "batch_size")
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent XLA compilation cache shared by this module's runs and child processes (saves minutes)."""
+    path = str(tmp_path_factory.mktemp("xla_cache"))
+    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield path
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, compile_cache):
+    """One uninterrupted 12-step run (batch ramp 4 → 8 at 256 tokens), TensorBoard on."""
+    workdir = tmp_path_factory.mktemp("reference")
+    summary = train(tiny_config(tensorboard=True), workdir, data_module=FakeData)
+    return workdir, summary
+
+
+def _params(workdir):
+    return load_state(workdir)[1]["params"]
+
+
+def _assert_same_params(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype and np.array_equal(x, y), "parameters differ after resume"
+
+
+def _metric_rows(workdir):
+    return [{k: r.get(k) for k in ("step", "kind", "eval_loss", *LOSS_KEYS)} for r in read_metrics(workdir)]
+
+
+def test_tiny_run_learns_and_writes_summary_metrics_checkpoints(reference_run):
+    workdir, summary = reference_run
+    # Ramp: 4 sequences × 16 tokens until 256 tokens (4 steps), then 8 × 16 for the remaining 8 steps.
+    assert summary["steps"] == 12 and summary["tokens"] == 4 * 64 + 8 * 128
+    from moe_jax.model import count_params
+
+    counts = count_params(tiny_config().model)
+    assert (summary["n_act"], summary["n_total"], summary["experts"]) == (counts["n_act"], counts["n_total"], 4)
+    assert summary["flops"] == training_flops(counts["n_act"], summary["tokens"])
+    assert json.loads((workdir / "summary.json").read_text())["final_eval_loss"] == summary["final_eval_loss"]
+    train_rows = read_metrics(workdir, "train")
+    assert [r["step"] for r in train_rows] == list(range(1, 13))
+    assert [r["batch_size"] for r in train_rows] == [4] * 4 + [8] * 8
+    assert all(set(LOSS_KEYS) | {"tokens_per_s"} <= set(r) for r in train_rows)
+    assert train_rows[0]["lr"] == 0.0 and train_rows[2]["lr"] == pytest.approx(1e-2)  # warmup over 128 tokens
+    # Decay over the last 20 % = 256 of 1280 tokens: step 12 starts at 1152 tokens → half the peak.
+    assert train_rows[-2]["lr"] == pytest.approx(1e-2) and train_rows[-1]["lr"] == pytest.approx(5e-3)
+    evals = read_metrics(workdir, "eval")
+    assert [r["step"] for r in evals] == [5, 10, 12]
+    # The fake stream is learnable: held-out loss falls, below uniform guessing (ln 64 = 4.16).
+    assert evals[0]["eval_loss"] > evals[-1]["eval_loss"] and summary["final_eval_loss"] < np.log(VOCAB) - 0.2
+    assert summary["final_eval_loss"] == evals[-1]["eval_loss"]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [8, 12]
+    tb = {(step, tag): value for step, tag, value in read_events(workdir / "tb")}
+    assert tb[(12, "eval/eval_loss")] == pytest.approx(summary["final_eval_loss"], rel=1e-6)
+    assert tb[(3, "train/loss")] == pytest.approx(train_rows[2]["loss"], rel=1e-6)
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(reference_run, tmp_path, caplog):
+    ref_dir, ref = reference_run
+    workdir = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(ref_dir, workdir)
+    (workdir / "summary.json").unlink()
+    for f in (workdir / "checkpoints" / "12" / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])  # a half-written data file
+    with caplog.at_level(logging.WARNING):
+        summary = train(tiny_config(), workdir, data_module=FakeData)
+    assert "checkpoint at step 12 is unusable" in caplog.text
+    assert summary["final_eval_loss"] == ref["final_eval_loss"]
+    _assert_same_params(_params(workdir), _params(ref_dir))
+    assert _metric_rows(workdir) == _metric_rows(ref_dir)
+
+
+def _child_script(tmp_path, overrides: dict) -> Path:
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_train_helpers import FakeData, FakeIterator, tiny_config
+        FakeIterator.delay_s = 0.25
+        from moe_jax.train.loop import EXIT_PREEMPTED, train
+        s = train(tiny_config(**{overrides!r}), sys.argv[1], data_module=FakeData)
+        sys.exit(EXIT_PREEMPTED if s["preempted"] else 0)
+    """))
+    return script
+
+
+def _kill_midway(script, workdir, sig, min_rows, seed):
+    """Start the child, wait until it has logged `min_rows` train rows plus a random delay, send `sig`."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    proc = subprocess.Popen([sys.executable, str(script), str(workdir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= min_rows:
+            break
+        time.sleep(0.05)
+    time.sleep(random.Random(seed).uniform(0.0, 0.5))
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    code = proc.wait(timeout=240)
+    return code, proc.stderr.read().decode()
+
+
+def test_sigkill_then_restart_gives_identical_params_and_metrics(reference_run, tmp_path):
+    ref_dir, ref = reference_run
+    workdir = tmp_path / "run"
+    script = _child_script(tmp_path, {})
+    code, err = _kill_midway(script, workdir, signal.SIGKILL, min_rows=5, seed=1)
+    assert code == -signal.SIGKILL, err[-2000:]
+    summary = train(tiny_config(), workdir, data_module=FakeData)
+    assert summary["steps"] == 12 and summary["final_eval_loss"] == ref["final_eval_loss"]
+    _assert_same_params(_params(workdir), _params(ref_dir))
+    assert _metric_rows(workdir) == _metric_rows(ref_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_sigkill_during_saves_then_restart_is_exact(reference_run, tmp_path, seed):
+    """Checkpoint every step so the kill almost surely lands inside an async save."""
+    ref_dir, _ = reference_run
+    workdir = tmp_path / "run"
+    overrides = {"checkpoint_every": 1}
+    code, err = _kill_midway(_child_script(tmp_path, overrides), workdir, signal.SIGKILL, min_rows=3 + seed, seed=seed)
+    assert code == -signal.SIGKILL, err[-2000:]
+    train(tiny_config(**overrides), workdir, data_module=FakeData)
+    _assert_same_params(_params(workdir), _params(ref_dir))
+    assert _metric_rows(workdir) == _metric_rows(ref_dir)
+
+
+def test_sigterm_saves_and_the_rerun_finishes_identically(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    workdir = tmp_path / "run"
+    overrides = {"checkpoint_every": 0}  # only the SIGTERM save can make resuming possible
+    code, err = _kill_midway(_child_script(tmp_path, overrides), workdir, signal.SIGTERM, min_rows=3, seed=0)
+    assert code == EXIT_PREEMPTED, err[-2000:]
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 3 <= saved[0] < 12
+    train(tiny_config(**overrides), workdir, data_module=FakeData)
+    _assert_same_params(_params(workdir), _params(ref_dir))
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_good_checkpoints(tmp_path, compile_cache):
+    # LR 1e30 with no warmup: step 1 blows the weights up, a later loss is inf/NaN.
+    config = tiny_config(learning_rate=1e30, warmup_tokens=0.0, checkpoint_every=1, eval_every=0)
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at step (\d+)") as info:
+        train(config, tmp_path, data_module=FakeData)
+    bad_step = int(info.value.args[0].split("at step ")[1].split()[0])
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) == bad_step - 1  # every finite step saved, the diverged one never
+    step, state = load_state(tmp_path)
+    assert step == bad_step - 1
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_resume_refuses_a_different_config(reference_run, tmp_path):
+    import shutil
+
+    from moe_jax.errors import ConfigError
+
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run[0], workdir)
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        train(tiny_config(learning_rate=1e-3), workdir, data_module=FakeData)
