@@ -58,6 +58,7 @@ def test_paper_counts_match_spec(shape, experts, field, expected, unit):
 def test_forward_shapes_and_aux():
     cfg = tiny()
     model = build_model(cfg, nnx.Rngs(0))
+    hash(nnx.split(model)[0])  # static attributes must hash, or nnx.jit cannot cache the graphdef
     logits, aux = forward(model, tokens(), train=True)
     assert logits.shape == (2, 16, 64) and logits.dtype == jnp.float32
     assert aux["expert_load"].shape == (2, 4)
@@ -101,6 +102,9 @@ def test_all_dispatches_give_the_same_model_when_nothing_drops():
         outs[name] = logits
     for name in ("onehot", "dropless", "loop"):
         np.testing.assert_allclose(outs[name], outs["capacity"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="eager test reference"):
+        forward(model, x)  # the last model built uses 'loop'
+
 
 
 def test_causal_even_with_dropping():

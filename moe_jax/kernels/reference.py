@@ -6,9 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe_jax.errors import ConfigError
+
 
 def loop_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None):
     """Same contract as `capacity_moe`. expert_idx must be concrete (it decides the Python loop)."""
+    if isinstance(expert_idx, jax.core.Tracer):
+        raise ConfigError("dispatch 'loop' is an eager test reference and cannot run under jit; use 'capacity'")
     t, d = x.shape
     k = expert_idx.shape[1]
     flat_e = np.asarray(expert_idx).reshape(-1)  # [TK], token-major

@@ -37,7 +37,9 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg, rngs: nnx.Rngs):
         validate_model_config(cfg)
-        self.cfg = cfg
+        # Only hashable scalars as static attributes (the graphdef must hash for nnx.jit).
+        self.experts, self.n_layers = cfg.experts, cfg.n_layers
+        self.lb_weight, self.z_weight = float(cfg.load_balance_weight), float(cfg.z_loss_weight)
         keys = ParamKeys(rngs)
         self.embed = truncated_param(keys, (cfg.vocab_size, cfg.d_model), 1, cfg, ("vocab", "embed"))
         self.blocks = nnx.List([Block(cfg, keys) for _ in range(cfg.n_layers)])
@@ -59,15 +61,14 @@ class Transformer(nnx.Module):
 
     def _aux(self, stats) -> dict:
         """Sum the router losses over layers, stack per-layer metrics."""
-        cfg = self.cfg
-        if cfg.experts == 1:
+        if self.experts == 1:
             zero = jnp.zeros((), jnp.float32)
             return {"aux_loss": zero, "load_balance_loss": zero, "z_loss": zero, "dropped_fraction": zero,
-                    "expert_load": jnp.ones((cfg.n_layers, 1), jnp.float32), "router_entropy": zero}
+                    "expert_load": jnp.ones((self.n_layers, 1), jnp.float32), "router_entropy": zero}
         lb = sum(s["load_balance_loss"] for s in stats)
         z = sum(s["z_loss"] for s in stats)
         return {
-            "aux_loss": cfg.load_balance_weight * lb + cfg.z_loss_weight * z,
+            "aux_loss": self.lb_weight * lb + self.z_weight * z,
             "load_balance_loss": lb,
             "z_loss": z,
             "dropped_fraction": jnp.mean(jnp.stack([s["dropped_fraction"] for s in stats])),
