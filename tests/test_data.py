@@ -265,6 +265,20 @@ def test_cli_inspect_prints_real_batches(cfg, capsys):
     assert report["shapes"]["inputs"] == [[4, SEQ], "int32"] and report["tokens_per_second"] > 0
     assert report["split"] == "heldout" and report["n_docs"] == len(_docs_by_split()[1])
     assert main(["data", "inspect", "--task", "fixture", "--data-dir", cfg.data_dir, "--batches", "0"]) == 2
+    capsys.readouterr()
+    assert main(["data", "prepare", "--task", "fixture", "--data-dir", cfg.data_dir]) == 0
+    timings = json.loads(capsys.readouterr().out)
+    assert timings["heldout"]["n_docs"] == len(_docs_by_split()[1]) and timings["train"]["n_tokens"] > 100_000
+
+
+def test_bad_vocab_paths_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        get_vocabulary(data_config(vocab_path=str(tmp_path / "missing.model")))
+    with pytest.raises(ConfigError, match="encoder.json and vocab.bpe"):
+        get_vocabulary(data_config(vocab_path=str(tmp_path)))
+    (tmp_path / "v.txt").write_text("x")
+    with pytest.raises(ConfigError, match="SentencePiece \\*.model"):
+        get_vocabulary(data_config(vocab_path=str(tmp_path / "v.txt")))
 
 
 # ---- other sources -----------------------------------------------------------------------------------------
