@@ -21,7 +21,7 @@ from moe_jax.scaling import constants
 from moe_jax.scaling.fit_data import N_PARAMS, RunData, check_kind, lowest_loss_mask, paper_weights
 from moe_jax.scaling.fit_grids import start_grid
 from moe_jax.scaling.fit_model import Objective, theta_to_law
-from moe_jax.scaling.fit_search import distinct, exhaustive_search, polish, screen
+from moe_jax.scaling.fit_search import Polished, distinct, exhaustive_search, polish, screen
 from moe_jax.scaling.law import CHINCHILLA_KEYS, JOINT_KEYS
 from moe_jax.scaling.optimal import compute_optimal_closed_form
 
@@ -49,6 +49,7 @@ class FitSettings:
     bootstrap: int = 0
     seed: int = 0
     top_k: int = 20  # distinct screened candidates polished with scipy (per ranking)
+    finish: int = 1  # best polished candidates re-polished with objective-relative tolerances
     exhaustive: bool = False  # scipy from every start instead of screening (the slow reference)
 
     def resolved(self) -> "FitSettings":
@@ -65,8 +66,8 @@ class FitSettings:
             raise UserError(f"L2 penalty must be >= 0, got {out.l2}")
         if out.bootstrap < 0:
             raise UserError(f"bootstrap count must be >= 0, got {out.bootstrap}")
-        if out.top_k < 1:
-            raise UserError(f"top_k must be >= 1, got {out.top_k}")
+        if out.top_k < 1 or out.finish < 1:
+            raise UserError(f"top_k and finish must be >= 1, got {out.top_k} and {out.finish}")
         return out
 
 
@@ -192,21 +193,21 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
             picks = sorted(set(picks))
         say(f"polishing {len(picks)} distinct candidates with scipy L-BFGS-B")
         cand = polish(obj.scalar, x[picks])
-    tr, te = rmses(cand.x)
-    score = cand.f if te is None else 0.5 * tr + 0.5 * te
-    score = np.where(np.isfinite(cand.f), score, np.inf)
-    best = int(np.argmin(score))
-    if not np.isfinite(score[best]):
+    cand = _select(cand, rmses, s.finish)
+    say(f"finishing the best {s.finish} with objective-relative tolerances (at most 2,000 steps)")
+    cand = _select(polish(obj.scalar, cand.x, relative=True), rmses, 1)
+    if not np.isfinite(cand.f[0]):
         raise UserError("the fit failed: no start reached a finite objective (check the runs' values)")
-    theta = cand.x[best]
+    tr, te = rmses(cand.x)
+    theta = cand.x[0]
     law = theta_to_law(theta, s.kind)
     experts = np.unique(runs.experts)
     result = FitResult(
         kind=s.kind,
         theta=theta,
-        objective=float(cand.f[best]),
-        rmse_train=float(tr[best]),
-        rmse_heldout=None if te is None else float(te[best]),
+        objective=float(cand.f[0]),
+        rmse_train=float(tr[0]),
+        rmse_heldout=None if te is None else float(te[0]),
         heldout_mask=heldout,
         settings=s,
         n_starts=len(starts),
@@ -214,9 +215,17 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
         derived=derived_quantities(law, experts),
     )
     if s.bootstrap:
-        result.intervals = bootstrap(train, s, cand.x[np.argsort(score)[:1]], experts, say)
+        result.intervals = bootstrap(train, s, cand.x[:1], experts, say)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _select(cand, rmses, k: int):
+    """The k best candidates by selection score (0.5·RMSE_train + 0.5·RMSE_heldout, else objective)."""
+    tr, te = rmses(cand.x)
+    score = cand.f if te is None else 0.5 * tr + 0.5 * te
+    order = np.argsort(np.where(np.isfinite(cand.f), score, np.inf), kind="stable")[:k]
+    return Polished(cand.x[order], cand.f[order])
 
 
 def bootstrap(train: RunData, s: FitSettings, starts, experts, say) -> dict:

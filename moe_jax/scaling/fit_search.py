@@ -14,6 +14,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 POLISH_OPTIONS = {"ftol": 1e-10, "gtol": 1e-10, "maxiter": 20000, "maxfun": 40000}
+FINISH_OPTIONS = {"ftol": 1e-10, "gtol": 1e-10, "maxiter": 2000, "maxfun": 3000}  # relative=True
 # (fraction of starts kept, at least this many, iterations) per screening stage.
 SCREEN_SCHEDULE = ((1.0, 0, 10), (0.1, 500, 40), (0.01, 100, 300))
 
@@ -123,13 +124,26 @@ class Polished:
     f: np.ndarray
 
 
-def polish(scalar_fun, starts) -> Polished:
-    """Run scipy L-BFGS-B (tolerances 1e-10) from each row of starts."""
+def polish(scalar_fun, starts, relative: bool = False) -> Polished:
+    """Run scipy L-BFGS-B (tolerances 1e-10) from each row of starts.
+
+    relative=True divides the objective by its value at the start, so the tolerances act relative to
+    the objective's size even when it is far below 1 (scipy's ftol test is relative to max(|f|, 1));
+    slower, used to finish the selected few.
+    """
     xs, fs = [], []
     for x0 in np.atleast_2d(starts):
-        res = minimize(scalar_fun, x0, jac=True, method="L-BFGS-B", options=POLISH_OPTIONS)
+        f0 = scalar_fun(x0)[0]
+        scale = f0 if relative and np.isfinite(f0) and 0 < f0 < 1e30 else 1.0
+
+        def scaled(x, scale=scale):
+            f, g = scalar_fun(x)
+            return f / scale, g / scale
+
+        options = FINISH_OPTIONS if relative else POLISH_OPTIONS
+        res = minimize(scaled, x0, jac=True, method="L-BFGS-B", options=options)
         xs.append(res.x)
-        fs.append(res.fun)
+        fs.append(scalar_fun(res.x)[0])
     return Polished(np.asarray(xs), np.asarray(fs))
 
 
