@@ -39,6 +39,14 @@ def check_epoch_fit(result):
     assert result.objective == pytest.approx(1.01827e-3, rel=1e-5)
 
 
+def assert_compute_optimal_loss_close(law, rel):
+    """L* of `law` at 1e20 and 1e22 FLOPs for E = 1, 8, 32 within rel of the paper's law."""
+    for e in (1, 8, 32):
+        for flops in (1e20, 1e22):
+            l_fit = compute_optimal_closed_form(law, flops, e)[2]
+            assert l_fit == pytest.approx(compute_optimal_closed_form(PAPER, flops, e)[2], rel=rel)
+
+
 # ---------------------------------------------------------------- the model and its gradient
 
 
@@ -152,8 +160,7 @@ def test_noise_free_joint_fit_recovers_compute_optimal_n():
     for e in (1, 8, 32):
         for flops in (1e20, 1e22):
             assert n_opt(result.law, flops, e) == pytest.approx(n_opt(PAPER, flops, e), rel=0.01)
-            l_fit = compute_optimal_closed_form(result.law, flops, e)[2]
-            assert l_fit == pytest.approx(compute_optimal_closed_form(PAPER, flops, e)[2], rel=5e-4)
+    assert_compute_optimal_loss_close(result.law, rel=5e-4)
 
 
 def test_joint_fit_with_one_percent_noise_is_at_noise_level():
@@ -171,10 +178,7 @@ def test_joint_fit_with_one_percent_noise_is_at_noise_level():
     train = runs.subset(~result.heldout_mask)
     truth_basin = polish(build_objective(train, s).scalar, law_to_theta(PAPER)[None]).f[0]
     assert result.objective <= 1.05 * truth_basin
-    for e in (1, 8, 32):
-        for flops in (1e20, 1e22):
-            l_fit = compute_optimal_closed_form(result.law, flops, e)[2]
-            assert l_fit == pytest.approx(compute_optimal_closed_form(PAPER, flops, e)[2], rel=0.03)
+    assert_compute_optimal_loss_close(result.law, rel=0.03)
 
 
 @pytest.mark.slow
@@ -182,11 +186,11 @@ def test_paper_grid_joint_fit_recovers_the_law():
     runs = synthetic_runs(PAPER, noise=0.01, n_points=270, seed=1)
     result = fit(runs, FitSettings("joint", grid="paper"))
     assert result.n_starts == 3**9
-    assert 0.006 < result.rmse_train < 0.013 and result.rmse_heldout < 0.02
-    for e in (1, 8, 32):
-        for flops in (1e20, 1e22):
-            l_fit = compute_optimal_closed_form(result.law, flops, e)[2]
-            assert l_fit == pytest.approx(compute_optimal_closed_form(PAPER, flops, e)[2], rel=0.03)
+    assert 0.006 < result.rmse_train < 0.02 and 0.005 < result.rmse_heldout < 0.02
+    train = runs.subset(~result.heldout_mask)
+    truth_basin = polish(build_objective(train, result.settings).scalar, law_to_theta(PAPER)[None]).f[0]
+    assert result.objective <= 1.05 * truth_basin
+    assert_compute_optimal_loss_close(result.law, rel=0.03)
 
 
 @pytest.mark.slow
@@ -200,11 +204,11 @@ def test_bootstrap_interval_covers_true_n_opt():
         assert lo <= n_opt(PAPER, 1e20, e) <= hi
 
 
-def test_bootstrap_intervals_bracket_the_point_estimate():
+def test_bootstrap_intervals_are_around_the_estimate():
     result = fit(epoch_runs(), FitSettings("chinchilla", grid="small", bootstrap=8, seed=0))
     iv = result.intervals
     assert iv["n_boot"] == 8 and iv["level"] == [2.5, 97.5]
-    for k, (lo, hi) in iv["coefficients"].items():
-        assert lo <= hi and np.isfinite([lo, hi]).all()
-    lo, hi = iv["derived"]["n_opt_F1e+20"]
-    assert lo <= hi
+    estimates = {**result.coefficients, **result.derived}
+    for k, (lo, hi) in {**iv["coefficients"], **iv["derived"]}.items():
+        assert 0 < hi - lo < 5 * abs(estimates[k]), k
+        assert lo - (hi - lo) <= estimates[k] <= hi + (hi - lo), k

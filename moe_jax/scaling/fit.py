@@ -155,8 +155,12 @@ def build_objective(runs: RunData, s: FitSettings) -> Objective:
     return Objective(s.kind, runs.n_act, runs.tokens, runs.loss, runs.experts, s.huber_delta, w, s.l2)
 
 
-def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], None] | None = None) -> FitResult:
-    """Fit the law `settings.kind` to runs; see the module doc. Bad settings or data → UserError."""
+def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], None] | None = None,
+        starts: np.ndarray | None = None) -> FitResult:
+    """Fit the law `settings.kind` to runs; see the module doc. Bad settings or data → UserError.
+
+    `starts` [S, P] replaces the named grid (e.g. a random subset for benchmarking the exhaustive loop).
+    """
     t0 = time.perf_counter()
     if isinstance(settings, str):
         settings = FitSettings(kind=settings)
@@ -171,7 +175,7 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
         )
     obj = build_objective(train, s)
     test_obj = Objective(s.kind, test.n_act, test.tokens, test.loss, test.experts, 1.0) if len(test) else None
-    starts = start_grid(s.grid, s.kind)
+    starts = start_grid(s.grid, s.kind) if starts is None else np.atleast_2d(np.asarray(starts, np.float64))
 
     def rmses(theta):
         theta = np.atleast_2d(theta)
@@ -234,10 +238,11 @@ def bootstrap(train: RunData, s: FitSettings, starts, experts, say) -> dict:
     keys = JOINT_KEYS if s.kind == "joint" else CHINCHILLA_KEYS
     samples: dict[str, list[float]] = {}
     for b in range(s.bootstrap):
-        say(f"bootstrap {b + 1}/{s.bootstrap}")
+        if b % max(1, s.bootstrap // 20) == 0 or b + 1 == s.bootstrap:
+            say(f"bootstrap {b + 1}/{s.bootstrap}")
         idx = rng.integers(0, len(train), len(train))
         obj = build_objective(train.subset(idx), s)
-        p = polish(obj.scalar, starts)
+        p = polish(obj.scalar, starts, relative=True)
         law = theta_to_law(p.x[int(np.argmin(p.f))], s.kind)
         values = dict(law.to_dict())
         values.update(derived_quantities(law, experts))
