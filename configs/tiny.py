@@ -35,6 +35,7 @@ def get_config(arg=None):
         batch_ramp_tokens=(100_000.0,),  # the paper's ramp in miniature: 8 sequences for the first 100 k tokens
         batch_ramp_sizes=(8,),
         warmup_tokens=50_000.0,  # linear warmup (5 % of the run)
+        learning_rate=2e-3,  # the paper's rule, fitted on 79 M–2.7 B models, gives 0.015–0.025 here: diverges
         eval_every=100,  # held-out eval every 100 steps and at the end
         eval_batches=8,  # 8 × 16 sequences of held-out text
         checkpoint_every=100,  # async checkpoint every 100 steps and at the end

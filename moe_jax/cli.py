@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("moe_jax.model.cli_info", "parameter and FLOP counts of a config's model"),
     "data": ("moe_jax.data.cli", "prepare and inspect datasets and vocabularies"),
     "train": ("moe_jax.train.cli", "train a dense or MoE model from a config"),
+    "demo": ("moe_jax.train.demo", "train dense and E=8 tiny models on the embedded corpus, compare losses"),
 }
 
 

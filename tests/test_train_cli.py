@@ -1,0 +1,45 @@
+"""`moe-jax train` end to end on the real data pipeline (the self-preparing fixture task), shrunk model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import pytest
+
+from moe_jax.cli import main
+from moe_jax.train.metrics import read_metrics
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """The CLI turns on a persistent compilation cache in the user cache dir: keep it in tmp_path."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    old = jax.config.jax_compilation_cache_dir
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
+def test_moe_jax_train_runs_on_the_fixture_task_and_resumes_as_a_no_op(tmp_path, capsys, private_cache):
+    workdir = tmp_path / "run"
+    argv = ["train", "--config", "configs/tiny.py", "--workdir", str(workdir),
+            "--config.data.task=fixture", f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.seq_len=32",
+            "--config.data.builtin_vocab_size=2048", "--config.model.vocab_size=2048", "--config.model.d_model=32",
+            "--config.model.n_layers=1", "--config.model.n_heads=2", "--config.model.head_dim=16",
+            "--config.model.ffn_hidden=96", "--config.model.experts=4", "--config.train.tokens=0",
+            "--config.train.steps=4", "--config.train.batch_size=4", "--config.train.batch_ramp_tokens=(64.0,)",
+            "--config.train.batch_ramp_sizes=(2,)", "--config.train.warmup_tokens=32", "--config.train.eval_batches=1",
+            "--config.train.log_every=1", "--config.train.tensorboard=False", "--config.train.measure_mfu=False"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert printed["final_eval_loss"] == summary["final_eval_loss"] and math.isfinite(summary["final_eval_loss"])
+    assert summary["tokens"] == (2 + 4 + 4 + 4) * 32 and summary["experts"] == 4  # ramp: 2 seqs until 64 tokens
+    rows = read_metrics(workdir, "train")
+    assert [r["batch_size"] for r in rows] == [2, 4, 4, 4]
+    assert all(r["ce"] < 1.5 * math.log(2048) for r in rows)  # sane cross-entropy on the real vocabulary
+    # Re-running the finished run resumes at its last step: nothing is retrained, same summary.
+    assert main(argv) == 0
+    again = json.loads((workdir / "summary.json").read_text())
+    assert again["final_eval_loss"] == summary["final_eval_loss"] and len(read_metrics(workdir, "train")) == 4
