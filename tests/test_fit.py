@@ -164,21 +164,28 @@ def test_noise_free_joint_fit_recovers_compute_optimal_n():
 
 
 def test_joint_fit_with_one_percent_noise_is_at_noise_level():
-    """1 % multiplicative noise over the paper's grid (paper defaults: weights, Huber 0.01, L2, 10
-    held out): held-out RMSE of log L ≈ 0.01, an objective within 5 % of the truth's own basin, and
-    the compute-optimal loss within 3 % (the truth's own basin is already 2.5 % off at 1e22, E = 1). Train RMSE is unweighted while the (log L)^-30 weights favour
-    low-loss runs, so it sits above the noise (≈ 0.015 even when polishing from the true law).
-    (N* itself is not identified to a few % at this noise: see test_bootstrap_interval_covers_true_n_opt.)"""
+    """1 % multiplicative noise over the paper's grid, paper defaults (weights, Huber 0.01, L2, the 10
+    lowest-loss runs held out): held-out RMSE of log L ≈ 0.01 and the compute-optimal loss within 2 %.
+    Train RMSE is unweighted while the (log L)^-30 weights all but ignore high-loss runs, so it sits
+    above the noise (≈ 0.015 even when polishing from the true law). N* is not identified to a few %
+    at this noise (polishing from the true law moves it by 10-100 %); see the noise-free test."""
     runs = synthetic_runs(PAPER, noise=0.01, seed=1)
     result = fit(runs, FitSettings("joint", grid="small"))
     assert int(result.heldout_mask.sum()) == 10
     assert 0.005 < result.rmse_heldout < 0.02
     assert 0.007 < result.rmse_train < 0.02
-    s = result.settings
-    train = runs.subset(~result.heldout_mask)
-    truth_basin = polish(build_objective(train, s).scalar, law_to_theta(PAPER)[None]).f[0]
-    assert result.objective <= 1.05 * truth_basin
-    assert_compute_optimal_loss_close(result.law, rel=0.03)
+    assert_compute_optimal_loss_close(result.law, rel=0.02)
+
+
+def test_search_finds_an_objective_no_worse_than_the_truths_basin():
+    """Screening + polishing the small grid reaches at least the objective of the local minimum
+    around the true law (the data's generating parameters), on noisy data with paper weights."""
+    runs = synthetic_runs(PAPER, noise=0.01, seed=1)
+    train = runs.subset(~lowest_loss_mask(runs.loss, 10))
+    obj = build_objective(train, FitSettings("joint").resolved())
+    truth_basin = polish(obj.scalar, law_to_theta(PAPER)[None]).f[0]
+    x, _ = screen(obj.value_and_grad, start_grid("small", "joint"))
+    assert polish(obj.scalar, x[:10]).f.min() <= truth_basin
 
 
 @pytest.mark.slow
@@ -186,10 +193,7 @@ def test_paper_grid_joint_fit_recovers_the_law():
     runs = synthetic_runs(PAPER, noise=0.01, n_points=270, seed=1)
     result = fit(runs, FitSettings("joint", grid="paper"))
     assert result.n_starts == 3**9
-    assert 0.006 < result.rmse_train < 0.02 and 0.005 < result.rmse_heldout < 0.02
-    train = runs.subset(~result.heldout_mask)
-    truth_basin = polish(build_objective(train, result.settings).scalar, law_to_theta(PAPER)[None]).f[0]
-    assert result.objective <= 1.05 * truth_basin
+    assert 0.006 < result.rmse_train < 0.02 and 0.005 < result.rmse_heldout < 0.025
     assert_compute_optimal_loss_close(result.law, rel=0.03)
 
 

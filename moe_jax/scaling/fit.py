@@ -197,9 +197,12 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
             picks = sorted(set(picks))
         say(f"polishing {len(picks)} distinct candidates with scipy L-BFGS-B")
         cand = polish(obj.scalar, x[picks])
+    # Finish the best few with objective-relative tolerances; a finished point replaces its start only
+    # if the selection score improves (with held-out runs the score is not the objective).
     cand = _select(cand, rmses, s.finish)
     say(f"finishing the best {s.finish} with objective-relative tolerances (at most 2,000 steps)")
-    cand = _select(polish(obj.scalar, cand.x, relative=True), rmses, 1)
+    finished = polish(obj.scalar, cand.x, relative=True)
+    cand = _select(Polished(np.vstack([finished.x, cand.x]), np.concatenate([finished.f, cand.f])), rmses, 1)
     if not np.isfinite(cand.f[0]):
         raise UserError("the fit failed: no start reached a finite objective (check the runs' values)")
     tr, te = rmses(cand.x)
