@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -203,3 +204,21 @@ def test_resume_refuses_a_different_config(reference_run, tmp_path):
     shutil.copytree(reference_run[0], workdir)
     with pytest.raises(ConfigError, match="train.learning_rate"):
         train(tiny_config(learning_rate=1e-3), workdir, data_module=FakeData)
+
+
+@pytest.mark.slow  # bf16 on CPU compiles slowly (~50 s under load)
+def test_bfloat16_compute_trains_float32_params(compile_cache):
+    from moe_jax.model import build_model
+    from moe_jax.train.optimizer import make_optimizer
+    from moe_jax.train.steps import init_train_state, make_train_step
+
+    config = tiny_config()
+    config.model.compute_dtype = "bfloat16"
+    opt = make_optimizer(config.train)
+    graphdef, rest, state = init_train_state(build_model, config.model, 0, opt)
+    step = make_train_step(graphdef, rest, opt)
+    batch = FakeData.make_train_iterator(config.data).next_batch(8)
+    new, out = step(state, batch, np.float32(1e-2))
+    assert np.isfinite(float(out["loss"])) and abs(float(out["ce"]) - np.log(VOCAB)) < 0.5
+    for old_leaf, new_leaf in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(new["params"])):
+        assert new_leaf.dtype == jnp.float32 and not np.array_equal(old_leaf, new_leaf)
