@@ -34,10 +34,12 @@ class Attention(nnx.Module):
         self.dtype = DTYPES[cfg.compute_dtype]
 
     def __call__(self, x):
-        """x [B, S, D] -> [B, S, D]."""
-        w = lambda p: p[...].astype(self.dtype)  # noqa: E731
-        q = rope(jnp.einsum("bsd,dhk->bshk", x, w(self.wq)), self.rope_base)  # [B, S, H, Dh]
-        k = rope(jnp.einsum("bsd,dhk->bshk", x, w(self.wk)), self.rope_base)
-        v = jnp.einsum("bsd,dhk->bshk", x, w(self.wv))
+        """x [B, S, D] -> [B, S, D]. Projections run as 2-D matmuls on [T, D] (much faster on CPU
+        than 3-D einsums without batch dimensions)."""
+        b, s, d = x.shape
+        h, dh = self.wq.shape[1], self.wq.shape[2]
+        t = x.reshape(b * s, d)  # [T, D]
+        proj = lambda p: (t @ p[...].astype(self.dtype).reshape(d, h * dh)).reshape(b, s, h, dh)  # noqa: E731
+        q, k, v = rope(proj(self.wq), self.rope_base), rope(proj(self.wk), self.rope_base), proj(self.wv)
         out = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # [B, S, H, Dh]
-        return jnp.einsum("bshk,hkd->bsd", out, w(self.wo))
+        return (out.reshape(b * s, h * dh) @ self.wo[...].astype(self.dtype).reshape(h * dh, d)).reshape(b, s, d)

@@ -55,8 +55,9 @@ class Transformer(nnx.Module):
             stats.append(s)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        logits = jnp.einsum("bsd,dv->bsv", x, self.head[...].astype(self.dtype),
-                            preferred_element_type=jnp.float32)  # [B, S, V]
+        b, s, d = x.shape
+        logits = jnp.matmul(x.reshape(b * s, d), self.head[...].astype(self.dtype),
+                            preferred_element_type=jnp.float32).reshape(b, s, -1)  # [B, S, V], 2-D matmul
         return logits, self._aux(stats)
 
     def _aux(self, stats) -> dict:
