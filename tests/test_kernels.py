@@ -118,3 +118,16 @@ def test_unknown_dispatch_is_a_config_error():
     with pytest.raises(ConfigError, match="capacity, dropless, onehot, loop"):
         get_dispatch("fast")
     assert set(DISPATCH_NAMES) == {"capacity", "dropless", "onehot", "loop"}
+
+
+@pytest.mark.slow
+def test_capacity_matches_onehot_at_scale_with_drops():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2048, 32)) + np.linspace(0, 3, 32)  # skewed: late experts overflow
+    idx = np.argsort(-logits, axis=1)[:, :2]
+    inputs = make_inputs(idx, e=32, seed=4)
+    capacity = int(1.0 * 2048 * 2 / 32)
+    fast = value_and_grads(jax.jit(get_dispatch("capacity"), static_argnums=6), inputs, capacity)
+    ref = value_and_grads(jax.jit(get_dispatch("onehot"), static_argnums=6), inputs, capacity)
+    assert 0.05 < 1 - np.asarray(fast[1]).mean() < 0.95
+    assert_same(fast, ref, tol=1e-4)
