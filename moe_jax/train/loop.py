@@ -190,10 +190,10 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
                     window_t0, window_tokens = now, 0
                 if step == total_steps or (t.eval_every and step % t.eval_every == 0):
                     last_eval = run_eval()
-                if step == total_steps or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                periodic = step == total_steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
+                if periodic or preemption.requested:
                     ckpt.save(step, state, meta_now())
                 if preemption.requested and step < total_steps:
-                    ckpt.save(step, state, meta_now())
                     progress.message(f"SIGTERM: saved step {step}; re-run the same command to resume")
                     preempted = True
                     break
