@@ -153,3 +153,41 @@ def test_mfu_flops_exclude_the_embedding_gather():
     # per token: 6·(attention 4d² + one expert 3dF per layer + head V·d) + attention scores 6·L·S·H·Dh
     expected = 6 * (4 * (4 * 128 * 128 + 3 * 128 * 384) + 8192 * 128) + 6 * 4 * 128 * 2 * 64
     assert matmul_flops_per_token(s, seq_len=128) == expected
+
+
+def test_metrics_writer_drops_rows_after_the_resume_step_and_cut_lines(tmp_path):
+    from moe_jax.train.metrics import MetricsWriter, read_metrics
+
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    for step in range(1, 8):
+        w.write(step, "train", {"loss": np.float32(1.0 / step)})
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "kind": "tr')  # a line cut by SIGKILL mid-write
+    MetricsWriter(tmp_path, resume_step=5, tensorboard=False).close()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[1]["loss"] == pytest.approx(0.5)
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise():
+    import io
+
+    from moe_jax.train.metrics import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    plain, tty = io.StringIO(), Tty()
+    for stream in (plain, tty):
+        p = Progress(10, "auto", stream=stream)
+        p.update(5, 2.5, 1234.0)
+        p.close()
+    assert plain.getvalue() == "step 5/10 loss 2.5000 1,234 tok/s\n"
+    assert tty.getvalue().startswith("\r[############............] step 5/10 loss 2.5000 1,234 tok/s")
+
+
+def test_plan_run_stops_at_the_first_of_steps_and_tokens():
+    assert schedules.plan_run(steps=10, tokens=0, seq_len=4, final_batch=2) == (10, 80)
+    assert schedules.plan_run(steps=10, tokens=30, seq_len=4, final_batch=2) == (4, 32)
+    assert schedules.plan_run(steps=3, tokens=1e9, seq_len=4, final_batch=2) == (3, 24)
