@@ -111,7 +111,8 @@ def main(argv=None) -> int:
             f"       exhaustive reference on {r['reference_starts']} starts: {r['reference_seconds']:.1f} s "
             f"(≈ {r['reference_full_grid_estimate_s']:.0f} s for the full grid, {r['speedup_vs_loop_estimate']:.0f}× "
             f"the screened fit); objective {r['reference_objective']:.6g}, gap {r['objective_gap']:+.3g} "
-            f"({r['objective_gap'] / r['reference_objective']:+.2e} relative); selection-score gap {r['score_gap']:+.3g}"
+            f"({r['objective_gap'] / r['reference_objective']:+.2e} relative); selection score "
+            f"{r['selection_score']:.5g} vs {r['reference_selection_score']:.5g} (gap {r['score_gap']:+.3g})"
         )
     return 0
 

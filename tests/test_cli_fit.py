@@ -108,3 +108,13 @@ def test_unknown_law_and_grid_are_argparse_errors(capsys, epoch_csv):
             main(["fit", str(epoch_csv), *args])
         assert exc.value.code == 2
         assert "invalid choice" in capsys.readouterr().err
+
+
+def test_fit_modules_never_import_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys, moe_jax.scaling.cli_fit, moe_jax.scaling.fit, moe_jax.scaling.fit_search; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'tensorflow')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

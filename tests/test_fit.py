@@ -165,7 +165,8 @@ def test_noise_free_joint_fit_recovers_compute_optimal_n():
 
 def test_joint_fit_with_one_percent_noise_is_at_noise_level():
     """1 % multiplicative noise over the paper's grid, paper defaults (weights, Huber 0.01, L2, the 10
-    lowest-loss runs held out): held-out RMSE of log L ≈ 0.01 and the compute-optimal loss within 2 %.
+    lowest-loss runs held out): held-out RMSE of log L ≈ 0.01 and the compute-optimal loss within 3 %
+    (polishing from the true law itself lands 2.5 % off at 1e22, E = 1: the weights favour low loss).
     Train RMSE is unweighted while the (log L)^-30 weights all but ignore high-loss runs, so it sits
     above the noise (≈ 0.015 even when polishing from the true law). N* is not identified to a few %
     at this noise (polishing from the true law moves it by 10-100 %); see the noise-free test."""
@@ -174,7 +175,7 @@ def test_joint_fit_with_one_percent_noise_is_at_noise_level():
     assert int(result.heldout_mask.sum()) == 10
     assert 0.005 < result.rmse_heldout < 0.02
     assert 0.007 < result.rmse_train < 0.02
-    assert_compute_optimal_loss_close(result.law, rel=0.02)
+    assert_compute_optimal_loss_close(result.law, rel=0.03)
 
 
 def test_search_finds_an_objective_no_worse_than_the_truths_basin():

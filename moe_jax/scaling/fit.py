@@ -188,11 +188,14 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
         say(f"exhaustive: scipy L-BFGS-B from each of {len(starts)} starts")
         cand = exhaustive_search(obj.scalar, starts, progress=say)
     else:
-        x, f = screen(obj.value_and_grad, starts, progress=say)
+        def score(theta):
+            tr, te = rmses(theta)
+            return 0.5 * tr + 0.5 * te
+
+        x, f = screen(obj.value_and_grad, starts, progress=say, score=score if test_obj is not None else None)
         picks = distinct(x, s.top_k)
         if test_obj is not None:  # also the best screened starts by the selection score
-            tr, te = rmses(x)
-            by_score = np.argsort(np.where(np.isfinite(f), 0.5 * tr + 0.5 * te, np.inf), kind="stable")
+            by_score = np.argsort(np.where(np.isfinite(f), score(x), np.inf), kind="stable")
             picks += [int(by_score[i]) for i in distinct(x[by_score], s.top_k)]
             picks = sorted(set(picks))
         say(f"polishing {len(picks)} distinct candidates with scipy L-BFGS-B")

@@ -2,8 +2,9 @@
 distinct candidates with scipy's L-BFGS-B (tolerances 1e-10, as the paper).
 
 The screen runs all starts together ([S, P] arrays, one objective call per line-search trial) in
-stages; after each stage only the best `keep` starts (by objective) go on. `exhaustive_search` is the
-plain reference: one scipy L-BFGS-B run per start.
+stages (SCREEN_SCHEDULE: 20 steps on all starts, 60 on the best 20 %, 300 on the best 5 %); with a
+held-out set half of each stage's places go to the best by selection score. `exhaustive_search` is
+the plain reference: one scipy L-BFGS-B run per start.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from scipy.optimize import minimize
 POLISH_OPTIONS = {"ftol": 1e-10, "gtol": 1e-10, "maxiter": 20000, "maxfun": 40000}
 FINISH_OPTIONS = {"ftol": 1e-10, "gtol": 1e-10, "maxiter": 2000, "maxfun": 3000}  # relative=True
 # (fraction of starts kept, at least this many, iterations) per screening stage.
-SCREEN_SCHEDULE = ((1.0, 0, 10), (0.1, 500, 40), (0.01, 100, 300))
+SCREEN_SCHEDULE = ((1.0, 0, 20), (0.2, 500, 60), (0.05, 100, 300))
 
 
 def _dot(a, b):
@@ -88,15 +89,27 @@ def batched_lbfgs(fun, x0, iters: int, memory: int = 10, ftol: float = 1e-13):
     return x, f
 
 
-def screen(fun, starts, schedule=SCREEN_SCHEDULE, progress=None):
-    """Staged batched L-BFGS over all starts; returns the surviving (x [K, P], f [K]) sorted by f."""
+def screen(fun, starts, schedule=SCREEN_SCHEDULE, progress=None, score=None):
+    """Staged batched L-BFGS over all starts; returns the surviving (x [K, P], f [K]) sorted by f.
+
+    score: optional θ [S, P] → [S] (lower is better), e.g. the held-out selection score; then each
+    stage keeps half of its places for the best by objective and half for the best by score.
+    """
     x = np.asarray(starts, np.float64)
     f = None
     n0 = len(x)
     for stage, (frac, at_least, iters) in enumerate(schedule):
         keep = min(len(x), max(int(round(frac * n0)), at_least))
         if f is not None and keep < len(x):
-            order = np.argsort(f, kind="stable")[:keep]
+            by_f = np.argsort(f, kind="stable")
+            if score is None:
+                order = by_f[:keep]
+            else:
+                by_score = np.argsort(np.where(np.isfinite(f), score(x), np.inf), kind="stable")
+                first = by_f[: keep // 2]
+                taken = np.zeros(len(x), bool)
+                taken[first] = True
+                order = np.concatenate([first, by_score[~taken[by_score]][: keep - len(first)]])
             x = x[order]
         if progress:
             progress(f"screening stage {stage + 1}/{len(schedule)}: {len(x)} starts × {iters} batched L-BFGS steps")
