@@ -176,6 +176,8 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
     obj = build_objective(train, s)
     test_obj = Objective(s.kind, test.n_act, test.tokens, test.loss, test.experts, 1.0) if len(test) else None
     starts = start_grid(s.grid, s.kind) if starts is None else np.atleast_2d(np.asarray(starts, np.float64))
+    if starts.shape[1] != N_PARAMS[s.kind]:
+        raise UserError(f"starts have {starts.shape[1]} parameters, a {s.kind} law has {N_PARAMS[s.kind]}")
 
     def rmses(theta):
         theta = np.atleast_2d(theta)
@@ -184,22 +186,7 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
             te = _rmse(test_obj.residuals(theta)) if test_obj is not None else None
         return tr, te
 
-    if s.exhaustive:
-        say(f"exhaustive: scipy L-BFGS-B from each of {len(starts)} starts")
-        cand = exhaustive_search(obj.scalar, starts, progress=say)
-    else:
-        def score(theta):
-            tr, te = rmses(theta)
-            return 0.5 * tr + 0.5 * te
-
-        x, f = screen(obj.value_and_grad, starts, progress=say, score=score if test_obj is not None else None)
-        picks = distinct(x, s.top_k)
-        if test_obj is not None:  # also the best screened starts by the selection score
-            by_score = np.argsort(np.where(np.isfinite(f), score(x), np.inf), kind="stable")
-            picks += [int(by_score[i]) for i in distinct(x[by_score], s.top_k)]
-            picks = sorted(set(picks))
-        say(f"polishing {len(picks)} distinct candidates with scipy L-BFGS-B")
-        cand = polish(obj.scalar, x[picks])
+    cand = _candidates(obj, starts, s, rmses if test_obj is not None else None, say)
     # Finish the best few with objective-relative tolerances; a finished point replaces its start only
     # if the selection score improves (with held-out runs the score is not the objective).
     cand = _select(cand, rmses, s.finish)
@@ -228,6 +215,26 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
         result.intervals = bootstrap(train, s, cand.x[:1], experts, say)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _candidates(obj, starts, s: FitSettings, rmses, say) -> Polished:
+    """Polished local minima: from every start (exhaustive) or from the screened best distinct ones
+    (by objective, and by held-out selection score when rmses is given)."""
+    if s.exhaustive:
+        say(f"exhaustive: scipy L-BFGS-B from each of {len(starts)} starts")
+        return exhaustive_search(obj.scalar, starts, progress=say)
+
+    def score(theta):
+        tr, te = rmses(theta)
+        return 0.5 * tr + 0.5 * te
+
+    x, f = screen(obj.value_and_grad, starts, progress=say, score=score if rmses is not None else None)
+    picks = distinct(x, s.top_k)
+    if rmses is not None:
+        by_score = np.argsort(np.where(np.isfinite(f), score(x), np.inf), kind="stable")
+        picks = sorted(set(picks) | {int(by_score[i]) for i in distinct(x[by_score], s.top_k)})
+    say(f"polishing {len(picks)} distinct candidates with scipy L-BFGS-B")
+    return polish(obj.scalar, x[picks])
 
 
 def _select(cand, rmses, k: int):
