@@ -222,3 +222,18 @@ def test_bfloat16_compute_trains_float32_params(compile_cache):
     assert np.isfinite(float(out["loss"])) and abs(float(out["ce"]) - np.log(VOCAB)) < 0.5
     for old_leaf, new_leaf in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(new["params"])):
         assert new_leaf.dtype == jnp.float32 and not np.array_equal(old_leaf, new_leaf)
+
+
+def test_all_checkpoints_unusable_is_an_error_not_a_silent_restart(reference_run, tmp_path):
+    import shutil
+
+    from moe_jax.errors import UserError
+
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run[0], workdir)
+    for f in (workdir / "checkpoints").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(b"")
+    with pytest.raises(UserError, match=r"none of the checkpoints \[8, 12\]"):
+        train(tiny_config(), workdir, data_module=FakeData)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "8"]

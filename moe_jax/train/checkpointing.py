@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from moe_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ class Checkpointer:
         Unreadable/mismatching newer checkpoints are moved to WORKDIR/checkpoints_corrupt/ with a warning
         (so the steps they held can be saved again) and the previous one is tried.
         """
-        bad = []
+        bad, first_error = [], ""
         result = None
         for step in reversed(self.steps()):
             try:
@@ -78,9 +80,14 @@ class Checkpointer:
                 result = (state, meta)
                 break
             except Exception as err:  # any failure to read one checkpoint → fall back to an older one
-                log.warning("checkpoint at step %d is unusable (%s: %s); trying the previous one",
-                            step, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                log.warning("checkpoint at step %d is unusable (%s); trying the previous one", step, reason)
                 bad.append(step)
+                first_error = first_error or reason
+        if bad and result is None:
+            # Nothing restorable at all: more likely changed code than corruption. Never discard them silently.
+            raise UserError(f"none of the checkpoints {sorted(bad)} in {self.directory} can be restored (newest: "
+                            f"{first_error}); if they are from other code, use a new workdir")
         if bad:
             self._quarantine(bad)
         return result
