@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 from moe_jax.scaling.counting import format_count
+from moe_jax.train.metrics import read_metrics
 
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.py"
 
@@ -50,7 +52,10 @@ def run_demo(config_spec: str, workdir: str, tokens: float, experts: int, overri
     for name, e in (("dense", 1), (f"moe_e{experts}", experts)):
         config = load_config(config_spec, [*common, f"--config.model.experts={e}"])
         print(f"training {name}: E = {e}, {format_count(tokens)} tokens → {Path(workdir) / name}", flush=True)
-        summaries.append(dict(train(config, Path(workdir) / name), name=name))
+        summary = dict(train(config, Path(workdir) / name), name=name)
+        last = read_metrics(Path(workdir) / name, "train")[-1]
+        summary.update(router_entropy=last["router_entropy"], dropped_fraction=last["dropped_fraction"])
+        summaries.append(summary)
     return summaries
 
 
@@ -64,6 +69,11 @@ def format_table(summaries: list[dict]) -> str:
     verdict = "MoE wins" if delta < 0 else "dense wins"
     rows.append(f"{verdict}: E = {moe['experts']} minus dense = {delta:+.4f} nats/token at equal active parameters "
                 f"and tokens (the paper's compute claim, in miniature)")
+    router = (f"E = {moe['experts']} router at the end: entropy {moe['router_entropy']:.3f} (uniform = "
+              f"{math.log(moe['experts']):.3f}), {100 * moe['dropped_fraction']:.0f} % of tokens over capacity at CF 1.0")
+    if delta >= 0:
+        router += "; a router still near uniform costs the MoE its advantage at this budget (train longer: --tokens)"
+    rows.append(router)
     return "\n".join(rows)
 
 
