@@ -191,3 +191,15 @@ def test_plan_run_stops_at_the_first_of_steps_and_tokens():
     assert schedules.plan_run(steps=10, tokens=0, seq_len=4, final_batch=2) == (10, 80)
     assert schedules.plan_run(steps=10, tokens=30, seq_len=4, final_batch=2) == (4, 32)
     assert schedules.plan_run(steps=3, tokens=1e9, seq_len=4, final_batch=2) == (3, 24)
+
+
+def test_demo_table_compares_held_out_losses():
+    from moe_jax.train.demo import format_table
+
+    base = dict(n_act=2_951_168, tokens=251_904, wall_time_s=120.0, router_entropy=0.0, dropped_fraction=0.0)
+    dense = dict(base, name="dense", experts=1, n_total=2_951_168, final_eval_loss=5.6)
+    moe = dict(base, name="moe_e8", experts=8, n_total=7_079_936, final_eval_loss=5.5, router_entropy=1.5,
+               dropped_fraction=0.1)
+    table = format_table([dense, moe])
+    assert "MoE wins: E = 8 minus dense = -0.1000" in table and "2.95M    7.08M" in table
+    assert "dense wins: E = 8 minus dense = +0.2000" in format_table([dense, dict(moe, final_eval_loss=5.8)])
