@@ -93,6 +93,7 @@ class Checkpointer:
         return result
 
     def _quarantine(self, steps: list[int]) -> None:
+        self._manager.wait_until_finished()
         self._manager.close()
         dest = self.directory.parent / f"{self.directory.name}_corrupt"
         dest.mkdir(exist_ok=True)
