@@ -237,3 +237,14 @@ def test_all_checkpoints_unusable_is_an_error_not_a_silent_restart(reference_run
     with pytest.raises(UserError, match=r"none of the checkpoints \[8, 12\]"):
         train(tiny_config(), workdir, data_module=FakeData)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "8"]
+
+
+def test_cooldown_branch_from_a_constant_trunk_equals_the_direct_run(reference_run, tmp_path):
+    """SPEC §5 checkpoint reuse: trunk at constant LR to 0.8·T, branch decays to T → the same as one run to T."""
+    trunk, branch = tmp_path / "trunk", tmp_path / "branch"
+    # 10 steps = 1024 tokens = 0.8 × 1280: exactly where the reference run's decay starts.
+    train(tiny_config(schedule="constant", steps=10), trunk, data_module=FakeData)
+    summary = train(tiny_config(init_from=f"{trunk}:10"), branch, data_module=FakeData)
+    assert summary["steps"] == 12 and summary["final_eval_loss"] == reference_run[1]["final_eval_loss"]
+    _assert_same_params(_params(branch), _params(reference_run[0]))
+    assert [r["step"] for r in read_metrics(branch, "train")] == [11, 12]

@@ -35,6 +35,42 @@ def fingerprint(tree) -> list[float]:
     return [float(x) for x in np.asarray(_leaf_sums(tree))]
 
 
+def _restore_checked(manager, step: int, abstract_state):
+    """(state, meta) of one step; ValueError when the per-leaf fingerprint does not match."""
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    state, meta = restored["state"], dict(restored["meta"])
+    if meta.get("fingerprint") != fingerprint(state):
+        raise ValueError("fingerprint mismatch (checkpoint data is corrupted)")
+    return state, meta
+
+
+def restore_branch_point(spec: str, abstract_state):
+    """(state, meta) from another run's checkpoint, `WORKDIR[:STEP]` (default: its newest step), read-only.
+
+    Used to start cooldown branches from a constant-LR trunk (SPEC §5 checkpoint reuse); the trunk's
+    directory is never modified, so it may still be training.
+    """
+    path, _, step_text = spec.partition(":")
+    directory = Path(path).absolute() / "checkpoints"
+    if not directory.is_dir() or (step_text and not step_text.isdigit()):
+        raise UserError(f"train.init_from={spec!r}: expected WORKDIR[:STEP] of a run with checkpoints")
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        steps = sorted(manager.all_steps())
+        step = int(step_text) if step_text else (steps[-1] if steps else None)
+        if step not in steps:
+            raise UserError(f"train.init_from={spec!r}: no checkpoint at step {step}; available: {steps}")
+        try:
+            return _restore_checked(manager, step, abstract_state)
+        except Exception as err:
+            raise UserError(f"train.init_from={spec!r}: cannot restore step {step} ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    finally:
+        manager.close()
+
+
 class Checkpointer:
     """Save/restore the training state under `directory` with Orbax (async, keep-last-K)."""
 
@@ -72,12 +108,7 @@ class Checkpointer:
         result = None
         for step in reversed(self.steps()):
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-                state, meta = restored["state"], dict(restored["meta"])
-                if meta.get("fingerprint") != fingerprint(state):
-                    raise ValueError("fingerprint mismatch (checkpoint data is corrupted)")
-                result = (state, meta)
+                result = _restore_checked(self._manager, step, abstract_state)
                 break
             except Exception as err:  # any failure to read one checkpoint → fall back to an older one
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"

@@ -30,6 +30,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.weight_decay = 0.1  # AdamW decoupled weight decay, applied to all parameters
     c.grad_clip = 0.1  # global-norm gradient clipping threshold
     c.seed = 0  # model-initialisation RNG seed (the data order has its own data.seed)
+    c.init_from = ""  # start from another run's checkpoint, WORKDIR[:STEP] ('' = from scratch): cooldown branches of a constant-LR trunk
     c.eval_every = 1000  # evaluate on the held-out split every N steps (0 = only at the end)
     c.eval_batches = 10  # held-out batches per evaluation
     c.eval_batch_size = 0  # sequences per held-out batch (0 = train.batch_size)

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from moe_jax.errors import ConfigError, UserError
 from moe_jax.scaling import counting
 from moe_jax.train import schedules
-from moe_jax.train.checkpointing import Checkpointer
+from moe_jax.train.checkpointing import Checkpointer, restore_branch_point
 from moe_jax.train.config import validate, validate_vocab_size
 from moe_jax.train.metrics import MetricsWriter, Progress
 from moe_jax.train.optimizer import make_optimizer, peak_learning_rate
@@ -128,6 +128,12 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
     step, tokens, wall_before, last_eval = 0, 0, 0.0, {}
     restored = ckpt.restore_latest(abstract)
+    branched = restored is None and bool(t.init_from)
+    if branched:  # a new branch: the trunk's state, step, tokens and data position; this run's schedule
+        restored = restore_branch_point(t.init_from, abstract)
+        if restored[1]["tokens"] > total_tokens:
+            raise ConfigError(f"train.init_from={t.init_from!r} is at {restored[1]['tokens']:,} tokens, past this "
+                              f"run's {total_tokens:,}; branch from an earlier step")
     if restored is not None:
         state, meta = restored
         step, tokens, wall_before = int(meta["step"]), int(meta["tokens"]), float(meta["wall_time_s"])
@@ -136,7 +142,8 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
     metrics = MetricsWriter(workdir, resume_step=step, tensorboard=t.tensorboard)
     progress = Progress(total_steps, t.progress, stream=stream)
     if restored is not None:
-        progress.message(f"resumed from step {step} ({tokens:,} tokens) in {workdir}")
+        source = t.init_from if branched else str(workdir)
+        progress.message(f"{'branched' if branched else 'resumed'} from step {step} ({tokens:,} tokens) of {source}")
     eval_bs = t.eval_batch_size or t.batch_size
     eval_batches = [put(b) for b in data_module.make_eval_batches(d, eval_bs // jax.process_count(), t.eval_batches)]
 
