@@ -239,6 +239,25 @@ def test_state_from_other_data_is_refused(cfg):
         it.set_state({"epoch": 0})
 
 
+def test_fingerprint_hashes_the_token_stream_and_old_caches_rebuild(cfg):
+    """A state only restores on the very same tokens: the fingerprint carries the stream's sha256."""
+    import hashlib
+
+    from moe_jax.data.token_cache import cache_dir, load_tokens
+
+    tokens, manifest = load_tokens(cfg, "train")
+    digest = hashlib.sha256(np.asarray(tokens).tobytes()).hexdigest()
+    assert manifest["sha256"] == digest and manifest["fingerprint"].endswith(digest[:16])
+    state = make_train_iterator(cfg).get_state()
+    other = state["fingerprint"].rsplit("/", 1)[0] + "/" + "0" * 16  # same sizes and vocab, other contents
+    with pytest.raises(UserError, match="fingerprint"):
+        make_train_iterator(cfg).set_state({**state, "fingerprint": other})
+    # A manifest from an older cache format is rebuilt, not trusted.
+    path = cache_dir(cfg) / "train.json"
+    path.write_text(json.dumps({**manifest, "version": 1, "fingerprint": "stale"}))
+    assert load_tokens(cfg, "train")[1]["fingerprint"] == manifest["fingerprint"]
+
+
 def test_eval_batches_come_from_heldout_and_repeat_exactly(cfg):
     from moe_jax.data.token_cache import load_tokens
 

@@ -9,6 +9,7 @@ larger than a run needs (c4_en, fineweb_edu), data.max_cache_tokens caches only 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -20,7 +21,7 @@ from moe_jax.data import corpus
 from moe_jax.data.config import resolved_data_dir, validate_data_config
 from moe_jax.errors import UserError
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the fingerprint includes a sha256 of the token stream
 
 
 def cache_dir(data_cfg) -> Path:
@@ -43,10 +44,13 @@ def build_token_cache(data_cfg, split: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f"{split}.bin.tmp{os.getpid()}"
     start, n_docs, n_tokens = time.perf_counter(), 0, 0
+    digest = hashlib.sha256()  # of the exact token stream: a re-prepared, different cache never matches a saved state
     with open(tmp, "wb") as f:
         for example in document_dataset(data_cfg, split).as_numpy_iterator():
             ids = example["targets"]  # [len(doc)+1] int32, EOS last
-            f.write(ids.astype(dtype).tobytes())
+            chunk = ids.astype(dtype).tobytes()
+            f.write(chunk)
+            digest.update(chunk)
             n_docs += 1
             n_tokens += ids.size
             if data_cfg.max_cache_tokens and n_tokens >= data_cfg.max_cache_tokens:
@@ -60,10 +64,20 @@ def build_token_cache(data_cfg, split: str) -> dict:
                     eos_id=vocab.eos_id, vocab_fingerprint=vocab_fingerprint(data_cfg),
                     heldout_fraction=data_cfg.heldout_fraction,
                     max_cache_tokens=data_cfg.max_cache_tokens, seconds=round(time.perf_counter() - start, 2),
-                    fingerprint=f"{data_cfg.task}/{split}/{n_docs}/{n_tokens}/{vocab_fingerprint(data_cfg)}")
+                    sha256=digest.hexdigest(),
+                    fingerprint=f"{data_cfg.task}/{split}/{n_docs}/{n_tokens}/{vocab_fingerprint(data_cfg)}/"
+                                f"{digest.hexdigest()[:16]}")
     os.replace(tmp, out / f"{split}.bin")
     (out / f"{split}.json").write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _current(manifest_path: Path) -> bool:
+    """True if a manifest exists and was written by this cache format (older ones are rebuilt)."""
+    try:
+        return json.loads(manifest_path.read_text()).get("version") == MANIFEST_VERSION
+    except (OSError, ValueError):
+        return False
 
 
 def load_tokens(data_cfg, split: str) -> tuple[np.ndarray, dict]:
@@ -72,10 +86,10 @@ def load_tokens(data_cfg, split: str) -> tuple[np.ndarray, dict]:
     out = cache_dir(data_cfg)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / f"{split}.json"
-    if not manifest_path.exists():
+    if not _current(manifest_path):
         with open(out / f".{split}.lock", "w") as lock:  # one builder per cache, other processes wait
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not manifest_path.exists():
+            if not _current(manifest_path):
                 build_token_cache(data_cfg, split)
     manifest = json.loads(manifest_path.read_text())
     tokens = np.memmap(out / f"{split}.bin", dtype=manifest["dtype"], mode="r")
