@@ -70,7 +70,7 @@ class FakeData:
         return FakeIterator(data_cfg, process_index, process_count)
 
     @staticmethod
-    def make_eval_batches(data_cfg, batch_size, num_batches):
+    def make_eval_batches(data_cfg, batch_size, num_batches, process_index=0, process_count=1):
         return [_batch(10_000 + data_cfg.seed, 10**6 + i * batch_size, batch_size, data_cfg.seq_len)
                 for i in range(num_batches)]
 

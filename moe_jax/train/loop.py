@@ -145,7 +145,9 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
         source = t.init_from if branched else str(workdir)
         progress.message(f"{'branched' if branched else 'resumed'} from step {step} ({tokens:,} tokens) of {source}")
     eval_bs = t.eval_batch_size or t.batch_size
-    eval_batches = [put(b) for b in data_module.make_eval_batches(d, eval_bs // jax.process_count(), t.eval_batches)]
+    eval_batches = [put(b) for b in data_module.make_eval_batches(
+        d, eval_bs // jax.process_count(), t.eval_batches,
+        process_index=jax.process_index(), process_count=jax.process_count())]  # each host its own share
 
     flops_per_token = 0.0
     peak = None
