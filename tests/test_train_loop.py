@@ -65,6 +65,13 @@ def _metric_rows(workdir):
     return [{k: r.get(k) for k in ("step", "kind", "eval_loss", *LOSS_KEYS)} for r in read_metrics(workdir)]
 
 
+def _tb_rows(workdir):
+    """TensorBoard's view of the loss scalars: {(step, tag): value}, each (step, tag) at most once."""
+    rows = [(s, t, v) for s, t, v in read_events(workdir / "tb") if t in ("train/loss", "eval/eval_loss")]
+    assert len({(s, t) for s, t, _ in rows}) == len(rows), "a step shown twice in TensorBoard"
+    return {(s, t): v for s, t, v in rows}
+
+
 def test_tiny_run_learns_and_writes_summary_metrics_checkpoints(reference_run):
     workdir, summary = reference_run
     # Ramp: 4 sequences × 16 tokens until 256 tokens (4 steps), then 8 × 16 for the remaining 8 steps.
@@ -104,11 +111,12 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(reference_run,
         if f.is_file() and f.parent.name == "d":
             f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])  # a half-written data file
     with caplog.at_level(logging.WARNING):
-        summary = train(tiny_config(), workdir, data_module=FakeData)
+        summary = train(tiny_config(tensorboard=True), workdir, data_module=FakeData)
     assert "checkpoint at step 12 is unusable" in caplog.text
     assert summary["final_eval_loss"] == ref["final_eval_loss"]
     _assert_same_params(_params(workdir), _params(ref_dir))
     assert _metric_rows(workdir) == _metric_rows(ref_dir)
+    assert len(list((workdir / "tb").glob("events.*"))) == 2 and _tb_rows(workdir) == _tb_rows(ref_dir)
 
 
 def _child_script(tmp_path, overrides: dict) -> Path:

@@ -169,6 +169,22 @@ def test_metrics_writer_drops_rows_after_the_resume_step_and_cut_lines(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[1]["loss"] == pytest.approx(0.5)
 
 
+def test_tensorboard_after_a_resume_shows_each_step_once_with_the_rerun_values(tmp_path):
+    from moe_jax.train.metrics import MetricsWriter, read_events
+
+    first = MetricsWriter(tmp_path)
+    for step in range(1, 9):  # the killed run got to step 8; its last checkpoint was step 5
+        first.write(step, "train", {"loss": float(step)})
+    first.close()
+    second = MetricsWriter(tmp_path, resume_step=5)  # same process and second: a second file, not an overwrite
+    for step in range(6, 11):
+        second.write(step, "train", {"loss": 100.0 + step})
+    second.close()
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 2
+    shown = [(step, value) for step, tag, value in read_events(tmp_path / "tb") if tag == "train/loss"]
+    assert shown == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 11)]
+
+
 def test_progress_bar_on_a_terminal_plain_lines_otherwise():
     import io
 

@@ -14,7 +14,8 @@ class MetricsWriter:
     """Appends `{"step": s, "kind": k, ...}` lines to WORKDIR/metrics.jsonl and scalars to WORKDIR/tb.
 
     On resume from step r, lines with step > r (written after the checkpoint the run restarts from)
-    are dropped first, so the file of a killed-and-resumed run matches an uninterrupted one.
+    are dropped first, so the file of a killed-and-resumed run matches an uninterrupted one; the new
+    event file starts with a restart marker that makes TensorBoard discard the older files' steps > r.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0, tensorboard: bool = True):
@@ -22,6 +23,8 @@ class MetricsWriter:
         self._truncate_after(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = EventFileWriter(Path(workdir) / "tb") if tensorboard else None
+        if self._tb is not None and resume_step > 0:
+            self._tb.restart(resume_step + 1)
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -58,7 +61,7 @@ class EventFileWriter:
     """TensorBoard event files (TFRecords of `Event` protos) written with TensorFlow's protos only.
 
     tf.summary needs the separate `tensorboard` package for scalars; this writes the same format
-    without it. One file per writer: DIR/events.out.tfevents.<time>.<host>.<pid>.
+    without it. One file per writer: DIR/events.out.tfevents.<time>.<host>.<pid>[.<n>].
     """
 
     def __init__(self, directory: Path):
@@ -71,12 +74,21 @@ class EventFileWriter:
         self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
         directory.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self._writer = tf.io.TFRecordWriter(str(directory / name))
+        path, n = directory / name, 0
+        while path.exists():  # a restart within the same second and process: never truncate a written file
+            n += 1
+            path = directory / f"{name}.{n}"
+        self._writer = tf.io.TFRecordWriter(str(path))
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _write(self, event) -> None:
         self._writer.write(event.SerializeToString())
         self._writer.flush()
+
+    def restart(self, step: int) -> None:
+        """Mark a restart at `step`: TensorBoard purges earlier-written events with step >= `step`."""
+        log = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
+        self._write(self._event_pb2.Event(wall_time=time.time(), step=step, session_log=log))
 
     def scalars(self, step: int, values: dict) -> None:
         summary = self._summary_pb2.Summary(
@@ -88,14 +100,20 @@ class EventFileWriter:
 
 
 def read_events(directory) -> list[tuple[int, str, float]]:
-    """(step, tag, value) of every scalar in the event files under `directory`, in file order."""
+    """(step, tag, value) of the scalars under `directory` as TensorBoard shows them, in file order.
+
+    Files are read oldest first; a restart marker (SessionLog.START at step s) drops the scalars read
+    so far with step >= s, as TensorBoard's orphaned-data purge does.
+    """
     import tensorflow as tf
     from tensorflow.core.util import event_pb2
 
     out = []
-    for path in sorted(Path(directory).glob("events.out.tfevents.*")):
+    for path in sorted(Path(directory).glob("events.out.tfevents.*")):  # TensorBoard's order: by name
         for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
             event = event_pb2.Event.FromString(record)
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                out = [row for row in out if row[0] < event.step]
             out.extend((event.step, v.tag, v.simple_value) for v in event.summary.value)
     return out
 
