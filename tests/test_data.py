@@ -148,6 +148,20 @@ def test_token_stream_is_documents_joined_by_eos(cfg):
     assert tokens.tolist() == expected and manifest["n_docs"] == len(held)
 
 
+def test_byte_vocabulary_stream_is_utf8_bytes_shifted_by_three(cfg):
+    """vocab_path='bytes': id = byte + 3 (pad 0, eos 1, unk 2), EOS after each document; its own cache."""
+    from moe_jax.data.token_cache import load_tokens
+
+    byte_cfg = data_config(task="fixture", data_dir=cfg.data_dir, seq_len=SEQ, vocab_path="bytes")
+    vocab = get_vocabulary(byte_cfg)
+    assert (vocab.vocab_size, vocab.eos_id) == (259, 1)
+    make_train_iterator(byte_cfg)  # prepares the byte-level cache next to the SentencePiece one
+    _, held = _docs_by_split()
+    expected = [t for _, text in held for t in [*(b + 3 for b in text.encode("utf-8")), 1]]
+    tokens, manifest = load_tokens(byte_cfg, "heldout")
+    assert tokens.tolist() == expected and manifest["n_tokens"] != load_tokens(cfg, "heldout")[1]["n_tokens"]
+
+
 def test_windows_shift_targets_and_cover_each_window_once_per_epoch(cfg):
     from moe_jax.data.token_cache import load_tokens
 

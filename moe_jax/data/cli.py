@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "~/.cache/moe_jax/data)")
     parser.add_argument("--vocab-size", type=int, default=None, help="prepare: retrain the SentencePiece "
                         "model of this size on the default corpus's train split; both: use that vocabulary")
-    parser.add_argument("--vocab-path", default="", help="a SentencePiece *.model or GPT-2 BPE directory")
+    parser.add_argument("--vocab-path", default="", help="a SentencePiece *.model, a GPT-2 BPE directory or 'bytes'")
     parser.add_argument("--fineweb-path", default="", help="FineWeb-Edu shards (task fineweb_edu)")
     parser.add_argument("--c4-data-dir", default="", help="tfds data_dir holding c4/en (task c4_en)")
     parser.add_argument("--max-cache-tokens", type=int, default=0, help="cache only ~N tokens per split "

@@ -24,7 +24,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.task = "gutenberg_poetry"  # one of TASKS; 'fixture' is a tiny self-preparing corpus for tests
     cfg.data_dir = ""  # prepared tfds datasets + token caches; '' = $MOE_JAX_DATA_DIR or ~/.cache/moe_jax/data
-    cfg.vocab_path = ""  # '' = committed SentencePiece model of builtin_vocab_size; *.model = SentencePiece; dir with encoder.json+vocab.bpe = GPT-2 BPE
+    cfg.vocab_path = ""  # '' = committed SentencePiece model of builtin_vocab_size; *.model = SentencePiece; dir with encoder.json+vocab.bpe = GPT-2 BPE; 'bytes' = UTF-8 bytes (259 ids)
     cfg.builtin_vocab_size = 8192  # which committed SentencePiece model vocab_path='' selects: 8192 or 2048
     cfg.seq_len = 512  # tokens per training window (inputs and targets each; the paper's context)
     cfg.seed = 0  # seed of the window order (one permutation per epoch)

@@ -1,4 +1,4 @@
-"""Vocabularies: the committed SentencePiece models, user SentencePiece files, and a GPT-2 BPE adapter.
+"""Vocabularies: the committed SentencePiece models, user SentencePiece files, a GPT-2 BPE adapter, bytes.
 
 The committed models (`moe_jax/data/vocab/gutenberg_poetry_{8192,2048}.model`) are unigram SentencePiece
 models trained by `train_sentencepiece` on a fixed subsample of the default corpus's train split with T5's
@@ -17,6 +17,7 @@ from moe_jax.errors import ConfigError
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 GPT2_FILES = ("encoder.json", "vocab.bpe")
+BYTES = "bytes"  # data.vocab_path value selecting seqio.ByteVocabulary (UTF-8 bytes; 259 ids with pad/eos/unk)
 TRAIN_SAMPLE_LINES = 300_000  # lines of the train split fed to SentencePiece (a fixed, evenly strided subsample)
 
 
@@ -32,6 +33,8 @@ def vocab_file(data_cfg) -> Path | str:
 def vocab_fingerprint(data_cfg) -> str:
     """sha256 (first 16 hex) of the vocabulary's bytes: token caches are keyed by it."""
     path = str(vocab_file(data_cfg))
+    if path == BYTES:  # no file: the id layout is fixed by seqio (3 special ids, then the 256 byte values)
+        return hashlib.sha256(b"seqio.ByteVocabulary/3+256").hexdigest()[:16]
     if "://" in path:  # remote (gs://...): TensorFlow's gfile reads it
         import tensorflow as tf  # noqa: PLC0415
 
@@ -48,11 +51,14 @@ def vocab_fingerprint(data_cfg) -> str:
 
 
 def get_vocabulary(data_cfg):
-    """seqio.Vocabulary of a data config: SentencePiece for *.model files, GPT-2 BPE for a directory."""
+    """seqio.Vocabulary of a data config: SentencePiece for *.model files, GPT-2 BPE for a directory,
+    UTF-8 bytes for 'bytes'."""
     import seqio  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
     path = str(vocab_file(data_cfg))
+    if path == BYTES:
+        return seqio.ByteVocabulary()
     if not tf.io.gfile.exists(path):
         hint = " (run `moe-jax data prepare --vocab-size N` to rebuild)" if not data_cfg.vocab_path else ""
         raise ConfigError(f"data.vocab_path: vocabulary {path} does not exist{hint}")
