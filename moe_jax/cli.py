@@ -28,6 +28,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("moe_jax.train.demo", "train dense and E=8 tiny models on the embedded corpus, compare losses"),
 }
 
+USES_TENSORFLOW = {"data", "train", "demo"}  # their data pipeline imports TensorFlow (seqio, tfds)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter hidden (CUDA probing, CPU-feature notes).
+
+    Those lines are written to fd 2 by C++ before absl logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot
+    hide them; fd 2 points at /dev/null for the import only. Python errors of the import still raise.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401, PLC0415
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
 
 def reject_extra(extra: list[str]) -> None:
     """Raise a UserError naming unrecognised arguments."""
@@ -67,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _OneLineParser(prog=f"moe-jax {name}", description=help_text)
     module.add_arguments(parser)
     args, extra = parser.parse_known_args(rest)
+    if name in USES_TENSORFLOW:
+        import_tensorflow_quietly()
     try:
         return int(module.run(args, extra) or 0)
     except UserError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -366,3 +367,15 @@ def test_prepare_rebuilds_the_committed_vocabularies_bit_for_bit(tmp_path):
     for size in (2048, 8192):
         rebuilt = train_default_vocab(size, tmp_path / f"{size}.model")
         assert rebuilt.read_bytes() == builtin_vocab_path(size).read_bytes(), size
+
+
+def test_cli_hides_tensorflows_cxx_startup_lines(cfg):
+    """A fresh `moe-jax data inspect` prints no CUDA-probing / absl pre-init lines on stderr."""
+    args = ["data", "inspect", "--task", "fixture", "--data-dir", cfg.data_dir, "--seq-len", str(SEQ),
+            "--batches", "1", "--batch-size", "2", "--json"]
+    run = subprocess.run([sys.executable, "-m", "moe_jax.cli", *args], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["split"] == "train"
+    for noise in ("cuda", "absl::InitializeLog", "cpu_feature_guard"):
+        assert noise not in run.stderr, run.stderr[-2000:]
