@@ -273,20 +273,28 @@ def test_fingerprint_hashes_the_token_stream_and_old_caches_rebuild(cfg):
     assert load_tokens(cfg, "train")[1]["fingerprint"] == manifest["fingerprint"]
 
 
-def test_eval_batches_come_from_heldout_and_repeat_exactly(cfg):
+def test_eval_batches_come_from_heldout_spread_evenly_and_repeat_exactly(cfg):
     from moe_jax.data.token_cache import load_tokens
 
     held = np.asarray(load_tokens(cfg, "heldout")[0])
-    a, b = make_eval_batches(cfg, 4, 3), make_eval_batches(cfg, 4, 3)
-    assert len(a) == 3 and a[0]["inputs"].shape == (4, SEQ)
+    n_windows = (held.size - 1) // SEQ
+    a, b = make_eval_batches(cfg, 2, 2), make_eval_batches(cfg, 2, 2)
+    assert len(a) == 2 and a[0]["inputs"].shape == (2, SEQ)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["inputs"], y["inputs"])
-    np.testing.assert_array_equal(a[0]["inputs"][0], held[:SEQ])
-    np.testing.assert_array_equal(a[0]["targets"][1], held[SEQ + 1:2 * SEQ + 1])
-    shares = [make_eval_batches(cfg, 2, 3, process_index=i, process_count=2) for i in range(2)]
-    for j in range(3):  # two hosts' halves tile each global eval batch
+    stride = n_windows // 4  # 4 windows requested, spread over the whole split
+    assert stride > 1, n_windows
+    for k, (j, row) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        start = k * stride * SEQ
+        np.testing.assert_array_equal(a[j]["inputs"][row], held[start:start + SEQ])
+        np.testing.assert_array_equal(a[j]["targets"][row], held[start + 1:start + SEQ + 1])
+    shares = [make_eval_batches(cfg, 1, 2, process_index=i, process_count=2) for i in range(2)]
+    for j in range(2):  # two hosts' halves tile each global eval batch
         np.testing.assert_array_equal(np.concatenate([shares[0][j]["inputs"], shares[1][j]["inputs"]]),
                                       a[j]["inputs"])
+    many = np.concatenate([x["inputs"] for x in make_eval_batches(cfg, 4, n_windows)])  # 4× the split's windows
+    np.testing.assert_array_equal(many[n_windows], held[:SEQ])  # stride 1, repeating cyclically
+    np.testing.assert_array_equal(many[n_windows - 1], held[(n_windows - 1) * SEQ:n_windows * SEQ])
 
 
 def test_cli_inspect_prints_real_batches(cfg, capsys):

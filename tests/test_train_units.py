@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -218,4 +219,23 @@ def test_demo_table_compares_held_out_losses():
                dropped_fraction=0.1)
     table = format_table([dense, moe])
     assert "MoE wins: E = 8 minus dense = -0.1000" in table and "2.95M    7.08M" in table
-    assert "dense wins: E = 8 minus dense = +0.2000" in format_table([dense, dict(moe, final_eval_loss=5.8)])
+    assert "0.1" in table.splitlines()[1].split()[5] and "close to uniform" not in table  # 251,904 / 2,951,168
+    lost = format_table([dense, dict(moe, final_eval_loss=5.8, capacity_factor_train=1.5)])
+    assert "dense wins: E = 8 minus dense = +0.2000" in lost
+    assert "10 % of tokens over capacity at training CF 1.5" in lost and "close to uniform" in lost
+
+
+def test_demo_config_pair_has_equal_active_parameters():
+    from moe_jax.configlib import load_config
+    from moe_jax.model import count_params
+    from moe_jax.train.config import validate
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+    dense, moe = (load_config(f"{demo}:{v}") for v in ("dense", "moe"))
+    for c in (dense, moe):
+        validate(c)
+    a, b = count_params(dense.model), count_params(moe.model)
+    assert (dense.model.experts, moe.model.experts) == (1, 8) and a["n_act"] == b["n_act"]
+    assert b["n_total"] > 4 * a["n_act"] and 20 < dense.train.tokens / a["n_act"] < 100
+    with pytest.raises(ConfigError, match="configs/demo.py:dense or configs/demo.py:moe"):
+        load_config(f"{demo}:moe16")

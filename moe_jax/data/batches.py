@@ -112,10 +112,12 @@ def make_train_iterator(data_cfg, split: str = "train", process_index: int = 0,
 
 def make_eval_batches(data_cfg, batch_size: int, num_batches: int, process_index: int = 0,
                       process_count: int = 1) -> list[dict[str, np.ndarray]]:
-    """Held-out windows in stream order, the same every call; `batch_size` is this process's share.
+    """Held-out windows spread evenly over the split, the same every call; `batch_size` is this process's share.
 
-    Global eval batch j is windows [j·G, (j+1)·G), G = batch_size·process_count; process i gets the
-    i-th slice of it. If the split has fewer windows than requested, windows repeat cyclically.
+    The n = num_batches·G requested windows (G = batch_size·process_count) are windows k·⌊W/n⌋ of the
+    split's W, so a small eval still samples every part of the held-out text rather than its first few
+    documents. Global eval batch j holds requested windows [j·G, (j+1)·G); process i gets the i-th slice of
+    it. If the split has fewer windows than requested, windows repeat cyclically.
     """
     from moe_jax.data.token_cache import load_tokens  # noqa: PLC0415
 
@@ -124,6 +126,8 @@ def make_eval_batches(data_cfg, batch_size: int, num_batches: int, process_index
     tokens, manifest = load_tokens(data_cfg, "heldout")
     it = WindowIterator(tokens, data_cfg.seq_len, data_cfg.seed, manifest["fingerprint"], process_index,
                         process_count)
-    global_ids = np.arange(batch_size * process_count * num_batches, dtype=np.int64) % it.num_windows
+    requested = batch_size * process_count * num_batches
+    stride = max(1, it.num_windows // requested)
+    global_ids = (np.arange(requested, dtype=np.int64) * stride) % it.num_windows
     mine = global_ids.reshape(num_batches, process_count, batch_size)[:, process_index]  # [num_batches, b]
     return [it.windows(chunk) for chunk in mine]
