@@ -43,3 +43,19 @@ def test_moe_jax_train_runs_on_the_fixture_task_and_resumes_as_a_no_op(tmp_path,
     assert main(argv) == 0
     again = json.loads((workdir / "summary.json").read_text())
     assert again["final_eval_loss"] == summary["final_eval_loss"] and len(read_metrics(workdir, "train")) == 4
+
+
+def test_moe_jax_demo_trains_the_pair_per_seed_and_prints_a_paired_verdict(tmp_path, capsys, private_cache):
+    argv = ["demo", "--tokens", "4096", "--seeds", "2", "--workdir", str(tmp_path / "runs"), "--json",
+            "--config.data.task=fixture", f"--config.data.data_dir={tmp_path / 'data'}",
+            "--config.train.eval_batches=1", "--config.train.measure_mfu=False", "--config.train.progress=none",
+            "--config.train.tensorboard=False"]
+    assert main(argv) == 0
+    runs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["name"], r["seed"], r["experts"]) for r in runs] == [
+        ("dense", 0, 1), ("moe_e8", 0, 8), ("dense", 1, 1), ("moe_e8", 1, 8)]
+    assert len({r["n_act"] for r in runs}) == 1 and all(r["tokens"] == 4096 for r in runs)
+    losses = {(r["name"], r["seed"]): r["final_eval_loss"] for r in runs}
+    assert losses[("dense", 0)] != losses[("dense", 1)]  # the seed reaches init and data order
+    assert all((tmp_path / "runs" / f"{n}_s{s}" / "summary.json").exists() for n, s in losses)
+    assert main(["demo", "--seeds", "0"]) == 2 and "--seeds must be ≥ 1" in capsys.readouterr().err

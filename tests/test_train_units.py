@@ -219,10 +219,16 @@ def test_demo_table_compares_held_out_losses():
                dropped_fraction=0.1)
     table = format_table([dense, moe])
     assert "MoE wins: E = 8 minus dense = -0.1000" in table and "2.95M    7.08M" in table
-    assert "0.1" in table.splitlines()[1].split()[5] and "close to uniform" not in table  # 251,904 / 2,951,168
+    assert table.splitlines()[1].split()[6] == "0.1" and "close to uniform" not in table  # 251,904 / 2,951,168
     lost = format_table([dense, dict(moe, final_eval_loss=5.8, capacity_factor_train=1.5)])
     assert "dense wins: E = 8 minus dense = +0.2000" in lost
     assert "10 % of tokens over capacity at training CF 1.5" in lost and "close to uniform" in lost
+    # Two seeds: the verdict is on the mean of the per-seed (paired) gaps; disagreeing seeds are called out.
+    runs = [dict(dense, seed=0), dict(moe, seed=0, final_eval_loss=5.65), dict(dense, seed=1, final_eval_loss=5.8),
+            dict(moe, seed=1, final_eval_loss=5.7)]
+    two = format_table(runs)
+    assert "MoE wins: E = 8 minus dense = -0.0250 nats/token on average over 2 seed(s) (per seed: +0.0500, -0.1000)" in two
+    assert "the seeds disagree" in two and "the seeds disagree" not in table
 
 
 def test_demo_config_pair_has_equal_active_parameters():

@@ -21,8 +21,10 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", default="runs/demo", help="runs go to WORKDIR/dense and WORKDIR/moe_e8 "
-                        "(re-running resumes/reuses them; default %(default)s)")
+    parser.add_argument("--workdir", default="runs/demo", help="runs go to WORKDIR/dense_s<seed> and "
+                        "WORKDIR/moe_e8_s<seed> (re-running resumes/reuses them; default %(default)s)")
+    parser.add_argument("--seeds", type=int, default=2,
+                        help="seeds per model (init and data order); the verdict is on the mean (default %(default)s)")
     parser.add_argument("--tokens", type=float, default=None,
                         help="training tokens per model (default: the config's, 5 M: ~2 min each on a 2-core CPU)")
     parser.add_argument("--experts", type=int, default=None, help="experts of the MoE model (default: the config's, 8)")
@@ -41,8 +43,8 @@ def _prepare_corpus(data_cfg) -> None:
 
 
 def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int | None,
-             overrides: list[str]) -> list[dict]:
-    """Train the config file's ':dense' and ':moe' variants; return their summaries (dense first)."""
+             overrides: list[str], seeds: int = 2) -> list[dict]:
+    """Train the config file's ':dense' and ':moe' variants for seeds 0…seeds−1; return their summaries."""
     from moe_jax.configlib import load_config
     from moe_jax.train.cli import enable_compilation_cache
     from moe_jax.train.loop import train
@@ -58,36 +60,45 @@ def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int 
                         f"{configs[0].model.experts} and {configs[1].model.experts}")
     _prepare_corpus(configs[0].data)
     summaries = []
-    for config in configs:
-        e = config.model.experts
-        name = "dense" if e == 1 else f"moe_e{e}"
-        print(f"training {name}: E = {e}, {format_count(config.train.tokens)} tokens → {Path(workdir) / name}",
-              flush=True)
-        summary = dict(train(config, Path(workdir) / name), name=name)
-        last = read_metrics(Path(workdir) / name, "train")[-1]
-        summary.update(router_entropy=last["router_entropy"], dropped_fraction=last["dropped_fraction"],
-                       capacity_factor_train=float(config.model.capacity_factor_train))
-        summaries.append(summary)
+    for seed in range(seeds):
+        for config in configs:
+            config = config.copy_and_resolve_references()
+            config.train.seed, config.data.seed = seed, seed
+            e = config.model.experts
+            name = "dense" if e == 1 else f"moe_e{e}"
+            run_dir = Path(workdir) / f"{name}_s{seed}"
+            print(f"training {name} seed {seed}: E = {e}, {format_count(config.train.tokens)} tokens → {run_dir}",
+                  flush=True)
+            summary = dict(train(config, run_dir), name=name, seed=seed)
+            last = read_metrics(run_dir, "train")[-1]
+            summary.update(router_entropy=last["router_entropy"], dropped_fraction=last["dropped_fraction"],
+                           capacity_factor_train=float(config.model.capacity_factor_train))
+            summaries.append(summary)
     return summaries
 
 
 def format_table(summaries: list[dict]) -> str:
-    """The side-by-side comparison, the verdict and the MoE router's state; dense first in `summaries`."""
-    rows = [f"{'model':<8} {'E':>3} {'active':>8} {'total':>8} {'tokens':>8} {'tok/param':>9} {'held-out loss':>14} "
-            f"{'minutes':>8}"]
+    """Per-run rows, the verdict on the mean over seeds (with each seed's paired gap) and the MoE router's state."""
+    rows = [f"{'model':<8} {'seed':>4} {'E':>3} {'active':>8} {'total':>8} {'tokens':>8} {'tok/param':>9} "
+            f"{'held-out loss':>14} {'minutes':>8}"]
     for s in summaries:
-        rows.append(f"{s['name']:<8} {s['experts']:>3} {format_count(s['n_act']):>8} {format_count(s['n_total']):>8} "
-                    f"{format_count(s['tokens']):>8} {s['tokens'] / s['n_act']:>9.1f} {s['final_eval_loss']:>14.4f} "
-                    f"{s['wall_time_s'] / 60:>8.1f}")
-    dense, moe = summaries
-    delta = moe["final_eval_loss"] - dense["final_eval_loss"]
+        rows.append(f"{s['name']:<8} {s.get('seed', 0):>4} {s['experts']:>3} {format_count(s['n_act']):>8} "
+                    f"{format_count(s['n_total']):>8} {format_count(s['tokens']):>8} {s['tokens'] / s['n_act']:>9.1f} "
+                    f"{s['final_eval_loss']:>14.4f} {s['wall_time_s'] / 60:>8.1f}")
+    dense = [s for s in summaries if s["experts"] == 1]
+    moe = [s for s in summaries if s["experts"] > 1]
+    gaps = [m["final_eval_loss"] - d["final_eval_loss"] for d, m in zip(dense, moe)]  # paired by seed
+    delta = sum(gaps) / len(gaps)
     verdict = "MoE wins" if delta < 0 else "dense wins"
-    rows.append(f"{verdict}: E = {moe['experts']} minus dense = {delta:+.4f} nats/token at equal active parameters "
-                f"and tokens (the paper's compute claim, in miniature)")
-    cf = moe.get("capacity_factor_train", 1.0)
-    rows.append(f"E = {moe['experts']} router at the end: entropy {moe['router_entropy']:.3f} (uniform = "
-                f"{math.log(moe['experts']):.3f}), {100 * moe['dropped_fraction']:.0f} % of tokens over capacity "
-                f"at training CF {cf:g}")
+    e = moe[0]["experts"]
+    rows.append(f"{verdict}: E = {e} minus dense = {delta:+.4f} nats/token on average over {len(gaps)} seed(s) "
+                f"(per seed: {', '.join(f'{g:+.4f}' for g in gaps)}) at equal active parameters and tokens")
+    if len(gaps) > 1 and min(gaps) < 0 < max(gaps):
+        rows.append("the seeds disagree: at this size the gap is within seed-to-seed noise; add --seeds or --tokens")
+    entropy = sum(m["router_entropy"] for m in moe) / len(moe)
+    dropped = sum(m["dropped_fraction"] for m in moe) / len(moe)
+    rows.append(f"E = {e} router at the end: entropy {entropy:.3f} (uniform = {math.log(e):.3f}), "
+                f"{100 * dropped:.0f} % of tokens over capacity at training CF {moe[0].get('capacity_factor_train', 1.0):g}")
     if delta >= 0:
         rows.append("the router is still close to uniform, so each expert output is scaled by ~1/E and routing "
                     "barely depends on the token; README 'What the demo shows' has the measurements")
@@ -99,8 +110,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"--tokens must be > 0, got {args.tokens:g}")
     if args.experts is not None and args.experts < 2:
         raise UserError(f"--experts must be ≥ 2, got {args.experts}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be ≥ 1, got {args.seeds}")
     t0 = time.time()
-    summaries = run_demo(args.config, args.workdir, args.tokens, args.experts, extra)
+    summaries = run_demo(args.config, args.workdir, args.tokens, args.experts, extra, seeds=args.seeds)
     if args.json:
         print(json.dumps([{k: v for k, v in s.items() if k != "config"} for s in summaries]))
     else:
