@@ -50,11 +50,13 @@ def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int 
     from moe_jax.train.loop import train
 
     enable_compilation_cache()
-    common = list(overrides)
-    if tokens is not None:  # keep the config's 5 % warmup
-        common += [f"--config.train.tokens={tokens}", f"--config.train.warmup_tokens={max(tokens * 0.05, 1.0)}"]
     moe_overrides = [f"--config.model.experts={experts}"] if experts is not None else []
-    configs = [load_config(f"{config_file}:dense", common), load_config(f"{config_file}:moe", common + moe_overrides)]
+    configs = [load_config(f"{config_file}:dense", overrides),
+               load_config(f"{config_file}:moe", [*overrides, *moe_overrides])]
+    if tokens is not None:  # a new budget keeps the config's warmup as a fraction of the run
+        for t in (c.train for c in configs):
+            share = t.warmup_tokens / t.tokens if t.tokens > 0 else 0.05  # a steps-budgeted config: 5 %
+            t.warmup_tokens, t.tokens = max(share * tokens, 1.0), float(tokens)
     if configs[0].model.experts != 1 or configs[1].model.experts < 2:
         raise UserError(f"{config_file}: ':dense' must have model.experts = 1 and ':moe' at least 2, got "
                         f"{configs[0].model.experts} and {configs[1].model.experts}")
