@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=2,
                         help="seeds per model (init and data order); the verdict is on the mean (default %(default)s)")
     parser.add_argument("--tokens", type=float, default=None,
-                        help="training tokens per model (default: the config's, 5 M: ~2 min each on a 2-core CPU)")
+                        help="training tokens per model (default: the config's, 10 M: ~2 min each on a 2-core CPU)")
     parser.add_argument("--experts", type=int, default=None, help="experts of the MoE model (default: the config's, 8)")
     parser.add_argument("--config", default=str(DEMO_CONFIG),
                         help="config file with a ':dense' and a ':moe' variant (default configs/demo.py)")
@@ -97,6 +97,8 @@ def format_table(summaries: list[dict]) -> str:
                 f"(per seed: {', '.join(f'{g:+.4f}' for g in gaps)}) at equal active parameters and tokens")
     if len(gaps) > 1 and min(gaps) < 0 < max(gaps):
         rows.append("the seeds disagree: at this size the gap is within seed-to-seed noise; add --seeds or --tokens")
+    elif len(gaps) > 1:
+        rows.append(f"every seed agrees ({'MoE' if delta < 0 else 'dense'} ahead on all {len(gaps)})")
     entropy = sum(m["router_entropy"] for m in moe) / len(moe)
     dropped = sum(m["dropped_fraction"] for m in moe) / len(moe)
     rows.append(f"E = {e} router at the end: entropy {entropy:.3f} (uniform = {math.log(e):.3f}), "
