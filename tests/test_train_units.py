@@ -220,9 +220,10 @@ def test_demo_table_compares_held_out_losses():
     table = format_table([dense, moe])
     assert "MoE wins: E = 8 minus dense = -0.1000" in table and "2.95M    7.08M" in table
     assert table.splitlines()[1].split()[6] == "0.1" and "close to uniform" not in table  # 251,904 / 2,951,168
-    lost = format_table([dense, dict(moe, final_eval_loss=5.8, capacity_factor_train=1.5)])
+    lost = format_table([dense, dict(moe, final_eval_loss=5.8, capacity_factor_train=1.5, router_entropy=2.05)])
     assert "dense wins: E = 8 minus dense = +0.2000" in lost
     assert "10 % of tokens over capacity at training CF 1.5" in lost and "close to uniform" in lost
+    assert "close to uniform" not in format_table([dense, dict(moe, final_eval_loss=5.8)])  # entropy 1.5 < ln 8
     # Two seeds: the verdict is on the mean of the per-seed (paired) gaps; disagreeing seeds are called out.
     runs = [dict(dense, seed=0), dict(moe, seed=0, final_eval_loss=5.65), dict(dense, seed=1, final_eval_loss=5.8),
             dict(moe, seed=1, final_eval_loss=5.7)]

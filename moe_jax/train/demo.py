@@ -103,7 +103,7 @@ def format_table(summaries: list[dict]) -> str:
     dropped = sum(m["dropped_fraction"] for m in moe) / len(moe)
     rows.append(f"E = {e} router at the end: entropy {entropy:.3f} (uniform = {math.log(e):.3f}), "
                 f"{100 * dropped:.0f} % of tokens over capacity at training CF {moe[0].get('capacity_factor_train', 1.0):g}")
-    if delta >= 0:
+    if delta >= 0 and entropy > 0.95 * math.log(e):
         rows.append("the router is still close to uniform, so each expert output is scaled by ~1/E and routing "
                     "barely depends on the token; README 'What the demo shows' has the measurements")
     return "\n".join(rows)
