@@ -58,4 +58,5 @@ def test_moe_jax_demo_trains_the_pair_per_seed_and_prints_a_paired_verdict(tmp_p
     losses = {(r["name"], r["seed"]): r["final_eval_loss"] for r in runs}
     assert losses[("dense", 0)] != losses[("dense", 1)]  # the seed reaches init and data order
     assert all((tmp_path / "runs" / f"{n}_s{s}" / "summary.json").exists() for n, s in losses)
+    assert (tmp_path / "runs" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["demo", "--seeds", "0"]) == 2 and "--seeds must be ≥ 1" in capsys.readouterr().err

@@ -249,3 +249,13 @@ def test_demo_config_pair_has_equal_active_parameters():
     assert dense.train.learning_rate == moe.train.learning_rate and dense.train.tokens == moe.train.tokens
     with pytest.raises(ConfigError, match="configs/demo.py:dense or configs/demo.py:moe"):
         load_config(f"{demo}:moe16")
+
+
+def test_smooth_is_a_trailing_moving_average():
+    from moe_jax.train.curves import smooth
+
+    x = np.array([4.0, 2.0, 6.0, 0.0, 8.0])
+    np.testing.assert_allclose(smooth(x, 2), [4.0, 3.0, 4.0, 3.0, 4.0])
+    np.testing.assert_allclose(smooth(x, 1), x)
+    np.testing.assert_allclose(smooth(x, 99), np.cumsum(x) / np.arange(1, 6))  # window longer than the data
+    np.testing.assert_allclose(smooth(x, 0), x)

@@ -41,7 +41,8 @@ def _run_arrays(runs, heldout_mask):
     return n, d, loss, e, mask
 
 
-def _save(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path) -> Path:
+    """Write a figure as PNG (parents created); an unwritable path is a UserError."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def plot_loss_vs_flops(
     ax.set_title(f"{law.kind} law: loss vs compute, compute-optimal frontier per E")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def log_residuals(law, runs):
@@ -135,7 +136,7 @@ def plot_residuals(law, runs, path, heldout_mask=None, x: str = "flops") -> Path
     ax.set_ylabel("log L̂ − log L")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_memory_optimal_map(
@@ -178,4 +179,4 @@ def plot_memory_optimal_map(
     extra = (f", KV {kv_tokens:.2g} tokens" if kv_tokens else "") + (
         f", {inference_tokens:.2g} inference tokens" if inference_tokens else "")
     ax.set_title(f"memory-optimal E (paper procedure){extra}")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -2,7 +2,8 @@
 
 Prepares the embedded public-domain corpus if needed, trains the pair `configs/demo.py:dense` and
 `configs/demo.py:moe` (E = 8) with the same active parameters and the same tokens, then prints both
-held-out losses (eval capacity factor 1.5) side by side with active/total parameters and tokens.
+held-out losses (eval capacity factor 1.5) side by side with active/total parameters and tokens, and
+draws every run's loss curves to WORKDIR/curves.png.
 """
 
 from __future__ import annotations
@@ -75,8 +76,33 @@ def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int 
             last = read_metrics(run_dir, "train")[-1]
             summary.update(router_entropy=last["router_entropy"], dropped_fraction=last["dropped_fraction"],
                            capacity_factor_train=float(config.model.capacity_factor_train))
+            summary["workdir"] = str(run_dir)
             summaries.append(summary)
     return summaries
+
+
+def plot_demo(summaries: list[dict], workdir: str) -> Path:
+    """WORKDIR/curves.png: every run's training and held-out loss against tokens."""
+    from moe_jax.train.curves import plot_run_curves
+
+    runs = [(f"{s['name']} s{s['seed']}", s["workdir"]) for s in summaries]
+    return plot_run_curves(runs, Path(workdir) / "curves.png", title=verdict(summaries))
+
+
+def paired_gaps(summaries: list[dict]) -> tuple[list[float], float]:
+    """(MoE − dense held-out loss per seed, their mean); runs are paired by order (one pair per seed)."""
+    dense = [s for s in summaries if s["experts"] == 1]
+    moe = [s for s in summaries if s["experts"] > 1]
+    gaps = [m["final_eval_loss"] - d["final_eval_loss"] for d, m in zip(dense, moe)]
+    return gaps, sum(gaps) / len(gaps)
+
+
+def verdict(summaries: list[dict]) -> str:
+    """'MoE wins: E = 8 minus dense = -0.0543 nats/token on average over 2 seed(s)' (or 'dense wins: …')."""
+    gaps, delta = paired_gaps(summaries)
+    e = max(s["experts"] for s in summaries)
+    return (f"{'MoE wins' if delta < 0 else 'dense wins'}: E = {e} minus dense = {delta:+.4f} nats/token on "
+            f"average over {len(gaps)} seed(s)")
 
 
 def format_table(summaries: list[dict]) -> str:
@@ -87,14 +113,11 @@ def format_table(summaries: list[dict]) -> str:
         rows.append(f"{s['name']:<8} {s.get('seed', 0):>4} {s['experts']:>3} {format_count(s['n_act']):>8} "
                     f"{format_count(s['n_total']):>8} {format_count(s['tokens']):>8} {s['tokens'] / s['n_act']:>9.1f} "
                     f"{s['final_eval_loss']:>14.4f} {s['wall_time_s'] / 60:>8.1f}")
-    dense = [s for s in summaries if s["experts"] == 1]
     moe = [s for s in summaries if s["experts"] > 1]
-    gaps = [m["final_eval_loss"] - d["final_eval_loss"] for d, m in zip(dense, moe)]  # paired by seed
-    delta = sum(gaps) / len(gaps)
-    verdict = "MoE wins" if delta < 0 else "dense wins"
+    gaps, delta = paired_gaps(summaries)
     e = moe[0]["experts"]
-    rows.append(f"{verdict}: E = {e} minus dense = {delta:+.4f} nats/token on average over {len(gaps)} seed(s) "
-                f"(per seed: {', '.join(f'{g:+.4f}' for g in gaps)}) at equal active parameters and tokens")
+    rows.append(f"{verdict(summaries)} (per seed: {', '.join(f'{g:+.4f}' for g in gaps)}) at equal active "
+                "parameters and tokens")
     if len(gaps) > 1 and min(gaps) < 0 < max(gaps):
         rows.append("the seeds disagree: at this size the gap is within seed-to-seed noise; add --seeds or --tokens")
     elif len(gaps) > 1:
@@ -119,8 +142,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     t0 = time.time()
     summaries = run_demo(args.config, args.workdir, args.tokens, args.experts, extra, seeds=args.seeds)
     if args.json:
+        plot_demo(summaries, args.workdir)
         print(json.dumps([{k: v for k, v in s.items() if k != "config"} for s in summaries]))
     else:
         print(format_table(summaries))
-        print(f"total {(time.time() - t0) / 60:.1f} min; metrics and checkpoints in {args.workdir}")
+        print(f"total {(time.time() - t0) / 60:.1f} min; metrics and checkpoints in {args.workdir}; "
+              f"loss curves in {plot_demo(summaries, args.workdir)}")
     return 0
