@@ -20,32 +20,32 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (csum[idx] - csum[start]) / (idx - start)
 
 
-def plot_run_curves(runs: list[tuple[str, str | Path]], path, title: str = "") -> Path:
-    """One line per (label, workdir): training CE (moving average over ~4 % of the logged steps) and held-out
-    loss (markers) against tokens seen. Labels 'NAME sSEED': a colour per NAME, a line style per SEED."""
+def plot_run_curves(runs: list[tuple[str, int, str | Path]], path, title: str = "") -> Path:
+    """One line per (name, seed, workdir): training CE (moving average over ~4 % of the logged steps) and
+    held-out loss (markers) against tokens seen; a colour per name, a line style per seed."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
-    names = sorted({label.split(" s")[0] for label, _ in runs})
-    colours = dict(zip(names, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    colours = dict(zip(sorted({name for name, _, _ in runs}), ("tab:blue", "tab:orange", "tab:green", "tab:red",
+                                                                "tab:purple")))
     styles = ("-", "--", ":", "-.")
-    for label, workdir in runs:
-        name, _, seed = label.partition(" s")
+    finals = []  # last held-out loss of each run
+    for name, seed, workdir in runs:
         rows = read_metrics(workdir)
         train = [r for r in rows if r.get("kind") == "train" and "ce" in r]
         evals = [r for r in rows if r.get("kind") == "eval" and "eval_loss" in r]
-        colour = colours.get(name, "tab:gray")
-        style = styles[int(seed) % len(styles)] if seed.isdigit() else "-"
+        colour, label = colours.get(name, "tab:gray"), f"{name} s{seed}"
         if train:
             tokens = np.array([r["tokens"] for r in train], np.float64)
             ce = np.array([r["ce"] for r in train], np.float64)
-            ax.plot(tokens, smooth(ce, len(ce) // 25), style, color=colour, lw=1.2, alpha=0.8, label=f"{label} train")
+            ax.plot(tokens, smooth(ce, len(ce) // 25), styles[seed % len(styles)], color=colour, lw=1.2, alpha=0.8,
+                    label=f"{label} train")
         if evals:
             ax.plot([r["tokens"] for r in evals], [r["eval_loss"] for r in evals], "o", color=colour, ms=5,
                     mec="black", mew=0.5, label=f"{label} held-out")
+            finals.append(evals[-1]["eval_loss"])
     ax.set_xlabel("tokens seen")
     ax.set_xlim(left=0)
     ax.set_ylabel("loss (nats/token)")
-    finals = [r["eval_loss"] for _, w in runs for r in read_metrics(w, "eval")[-1:]]
     if finals:  # zoom on where the runs separate: from just under the best held-out loss upwards
         ax.set_ylim(min(finals) - 0.05, min(finals) + 0.9)
     ax.grid(alpha=0.3)

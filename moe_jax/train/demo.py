@@ -75,8 +75,7 @@ def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int 
             summary = dict(train(config, run_dir), name=name, seed=seed)
             last = read_metrics(run_dir, "train")[-1]
             summary.update(router_entropy=last["router_entropy"], dropped_fraction=last["dropped_fraction"],
-                           capacity_factor_train=float(config.model.capacity_factor_train))
-            summary["workdir"] = str(run_dir)
+                           capacity_factor_train=float(config.model.capacity_factor_train), workdir=str(run_dir))
             summaries.append(summary)
     return summaries
 
@@ -85,7 +84,7 @@ def plot_demo(summaries: list[dict], workdir: str) -> Path:
     """WORKDIR/curves.png: every run's training and held-out loss against tokens."""
     from moe_jax.train.curves import plot_run_curves
 
-    runs = [(f"{s['name']} s{s['seed']}", s["workdir"]) for s in summaries]
+    runs = [(s["name"], s["seed"], s["workdir"]) for s in summaries]
     return plot_run_curves(runs, Path(workdir) / "curves.png", title=verdict(summaries))
 
 
@@ -141,11 +140,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"--seeds must be ≥ 1, got {args.seeds}")
     t0 = time.time()
     summaries = run_demo(args.config, args.workdir, args.tokens, args.experts, extra, seeds=args.seeds)
+    curves = plot_demo(summaries, args.workdir)
     if args.json:
-        plot_demo(summaries, args.workdir)
         print(json.dumps([{k: v for k, v in s.items() if k != "config"} for s in summaries]))
     else:
         print(format_table(summaries))
         print(f"total {(time.time() - t0) / 60:.1f} min; metrics and checkpoints in {args.workdir}; "
-              f"loss curves in {plot_demo(summaries, args.workdir)}")
+              f"loss curves in {curves}")
     return 0
