@@ -1,6 +1,6 @@
 """Benchmark: the multi-start law fits against their time targets and against the exhaustive loop.
 
-    python bench/fit.py [--data ../shared/data/chinchilla_epoch2024.csv] [--subset 100] [--exhaustive] [--json]
+    python bench/fit.py [--data moe_jax/scaling/data/chinchilla_epoch2024.csv] [--subset 100] [--exhaustive] [--json]
 
 Case 1, `epoch`: the Chinchilla fit on Epoch AI's 240 points from the 4,500-start grid (target ≤ 20 s).
 Case 2, `paper`: the joint fit from the paper's 3^9 = 19,683-start grid on 270 synthetic runs drawn from
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chinchilla_epoch2024.csv"
+DEFAULT_DATA = ROOT / "moe_jax" / "scaling" / "data" / "chinchilla_epoch2024.csv"  # packaged copy
 TARGETS = {"epoch": 20.0, "paper": 120.0}
 
 

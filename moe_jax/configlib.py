@@ -1,4 +1,11 @@
-"""Load an ml_collections config file (`path.py[:arg]`) and apply `--config.a.b=value` overrides.
+"""Load an ml_collections config (`path.py[:arg]` or a packaged name) and apply `--config.a.b=value` overrides.
+
+A spec names a config file and an optional argument for its `get_config(arg)`:
+    configs/paper.py:d512_E8   a path (a user's own file, or the repository's configs/)
+    paper:d512_E8, tiny, demo:dense, grids/smoke
+                               a config shipped inside the package (`moe_jax.configs`)
+A `configs/NAME.py` path that does not exist where the command runs falls back to the packaged
+`NAME`, so the README's commands work from a non-editable install too.
 
 Uses ml_collections' `config_flags` on a private `absl.flags.FlagValues`, so the argparse CLI and
 absl never share global flag state. Every problem becomes a one-line `ConfigError`.
@@ -7,6 +14,8 @@ absl never share global flag state. Every problem becomes a one-line `ConfigErro
 from __future__ import annotations
 
 import os
+from importlib import resources
+from pathlib import Path
 
 import ml_collections
 from absl import flags
@@ -20,11 +29,8 @@ _PREFIX = "--config."
 def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
     """`spec` = 'configs/paper.py:d512_E8' (the part after ':' goes to `get_config(arg)`);
     `overrides` = ['--config.model.experts=4', ...]."""
+    spec = resolve_spec(spec)
     path = spec.split(":", 1)[0]
-    if not path.endswith(".py"):
-        raise ConfigError(f"config {spec!r} must be a Python file path ending in .py, optionally with ':arg'")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path!r}")
     bad = [o for o in overrides if not (o.startswith(_PREFIX) and "=" in o)]
     if bad:
         raise ConfigError(f"unrecognised override {bad[0]!r}; use --config.SECTION.FIELD=VALUE")
@@ -45,6 +51,35 @@ def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_co
     if config is None:
         raise ConfigError(f"config file {path!r} returned no config from get_config()")
     return config
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in the package: ['demo', 'grids/cpu', …, 'paper', 'tiny']."""
+    root = Path(str(resources.files("moe_jax.configs")))
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.py")
+                  if not p.name.startswith("_"))
+
+
+def resolve_spec(spec: str) -> str:
+    """'paper:d512_E8' → '/…/moe_jax/configs/paper.py:d512_E8'; a path spec is checked and returned as is.
+
+    ConfigError (one line, listing the packaged names) when neither a file nor a packaged name matches.
+    """
+    path, sep, arg = spec.partition(":")
+    if os.path.isfile(path):
+        if not path.endswith(".py"):
+            raise ConfigError(f"config {spec!r} must be a Python file ending in .py, optionally with ':arg'")
+        return spec
+    name = path[: -len(".py")] if path.endswith(".py") else path
+    if name.startswith("configs/"):  # the repository's configs/ named from elsewhere: the packaged copy
+        name = name[len("configs/"):]
+    packaged = packaged_configs()
+    if name in packaged:
+        return str(Path(str(resources.files("moe_jax.configs"))) / f"{name}.py") + sep + arg
+    if path.endswith(".py") or "/" in path or os.sep in path:
+        raise ConfigError(f"config file not found: {path!r}; give an existing .py file or a packaged name "
+                          f"({', '.join(packaged)})")
+    raise ConfigError(f"unknown config {path!r}; use a packaged name ({', '.join(packaged)}) or the path of a .py file")
 
 
 def _unknown_field(spec: str, overrides) -> str | None:

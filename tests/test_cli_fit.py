@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,10 @@ import pytest
 from moe_jax.cli import main
 from moe_jax.scaling.fit import n_opt
 from moe_jax.scaling.fit_data import synthetic_runs
+from moe_jax.scaling.constants import EPOCH2024_CSV
 from moe_jax.scaling.law import JointLaw, load_law
 
-EPOCH_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_epoch2024.csv"
+EPOCH_CSV = EPOCH2024_CSV  # shipped in the package (moe_jax/scaling/data/README.md)
 
 
 def run_cli(capsys, *argv):

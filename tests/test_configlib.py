@@ -47,7 +47,8 @@ def test_tiny_is_a_small_valid_moe():
 
 @pytest.mark.parametrize("spec, overrides, match", [
     ("configs/missing.py", [], "config file not found"),
-    ("configs/tiny.txt", [], "must be a Python file"),
+    ("configs/tiny.txt", [], "config file not found"),
+    ("tinyy", [], "unknown config 'tinyy'.*demo, paper, tiny"),
     (TINY, ["--config.model.d_modle=3"], "unknown config field 'model.d_modle'.*fields of model: .*d_model"),
     (TINY, ["--config.optim.lr=3"], "unknown config field 'optim'"),
     (TINY, ["--config.model.experts=abc"], "config.model.experts=abc"),
@@ -60,6 +61,16 @@ def test_bad_input_is_one_line_config_error(spec, overrides, match):
     with pytest.raises(ConfigError, match=match) as info:
         load_config(spec, overrides)
     assert "\n" not in str(info.value)
+
+
+def test_packaged_names_and_repo_paths_load_the_same_files(tmp_path, monkeypatch):
+    assert load_config("paper:d512_E8").to_dict() == load_config(f"{PAPER}:d512_E8").to_dict()
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the README's path falls back to the packaged copy
+    assert load_config("configs/tiny.py").to_dict() == load_config(TINY).to_dict()
+    not_py = tmp_path / "conf.txt"
+    not_py.write_text("x")
+    with pytest.raises(ConfigError, match="must be a Python file"):
+        load_config(str(not_py))
 
 
 def test_broken_config_file_is_named(tmp_path):

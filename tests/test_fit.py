@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +13,17 @@ from moe_jax.scaling.fit_data import load_runs, lowest_loss_mask, paper_weights,
 from moe_jax.scaling.fit_grids import start_grid
 from moe_jax.scaling.fit_model import Objective, law_to_theta, theta_to_law
 from moe_jax.scaling.fit_search import batched_lbfgs, exhaustive_search, polish, screen
+from moe_jax.scaling.constants import EPOCH2024_CSV
 from moe_jax.scaling.law import load_law
 from moe_jax.scaling.optimal import compute_optimal_closed_form
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EPOCH_CSV = SHARED / "data" / "chinchilla_epoch2024.csv"
+EPOCH_CSV = EPOCH2024_CSV  # shipped in the package (moe_jax/scaling/data/README.md)
 PAPER = load_law("paper2025")
 
 
 def epoch_runs():
     if not EPOCH_CSV.exists():
-        pytest.fail(f"test data missing: {EPOCH_CSV} (the repo expects ../shared/data next to it)")
+        pytest.fail(f"packaged test data missing: {EPOCH_CSV}")
     return load_runs(EPOCH_CSV, "chinchilla")
 
 

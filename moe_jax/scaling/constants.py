@@ -10,6 +10,7 @@ Sources:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 # [JMSL] SPEC §1: published joint-law coefficients, full precision.
 JOINT_PAPER2025: dict[str, float] = {
@@ -83,3 +84,8 @@ def lr_rule(n_act: float, experts: float) -> float:
     """Peak learning rate of the paper's rule (SPEC §3)."""
     c0, c1, c2 = LR_RULE
     return math.exp(c0 + c1 * math.log(n_act) + c2 * math.log(experts))
+
+
+# Epoch AI's reconstruction of Hoffmann et al. (2022) Fig. 4: 245 (N, D, loss) points, shipped in the
+# package (provenance: moe_jax/scaling/data/README.md). The SPEC §2 grid-fit reference data.
+EPOCH2024_CSV = Path(__file__).resolve().parent / "data" / "chinchilla_epoch2024.csv"

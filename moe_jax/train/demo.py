@@ -18,7 +18,7 @@ from moe_jax.errors import UserError
 from moe_jax.scaling.counting import format_count
 from moe_jax.train.metrics import read_metrics
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
+DEMO_CONFIG = "demo"  # the packaged configs/demo.py
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=float, default=None,
                         help="training tokens per model (default: the config's, 10 M: ~2 min each on a 2-core CPU)")
     parser.add_argument("--experts", type=int, default=None, help="experts of the MoE model (default: the config's, 8)")
-    parser.add_argument("--config", default=str(DEMO_CONFIG),
-                        help="config file with a ':dense' and a ':moe' variant (default configs/demo.py)")
+    parser.add_argument("--config", default=DEMO_CONFIG,
+                        help="config (packaged name or .py path) with a ':dense' and a ':moe' variant (default: demo)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.epilog = "Extra --config.SECTION.FIELD=VALUE overrides apply to both runs (e.g. --config.data.data_dir=DIR)."
 

@@ -1,0 +1,1 @@
+"""Built-in sweep grids (installed as `moe_jax.configs.grids`)."""
