@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as err:  # a path that cannot be read or written: name it, no traceback
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"moe-jax {name}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

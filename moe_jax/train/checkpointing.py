@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,39 @@ def _restore_checked(manager, step: int, abstract_state):
     if meta.get("fingerprint") != fingerprint(state):
         raise ValueError("fingerprint mismatch (checkpoint data is corrupted)")
     return state, meta
+
+
+_STALE_READ_MARKERS = ("Event loop is closed", "_read_array_index_and_device_put", "Encountered error while reading array")
+
+
+def short_reason(err: BaseException) -> str:
+    """One short line for a failed restore: the error type and the start of its first line."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    text = text.split(" See full TensorStore details")[0]
+    return f"{type(err).__name__}: {text[:160]}"
+
+
+def quiet_stale_reads() -> None:
+    """Swallow the background errors of a checkpoint already judged unreadable.
+
+    When one array of a corrupt checkpoint fails to read, Orbax abandons the restore while TensorStore
+    is still reading the others; those reads finish later against a closed event loop and Python
+    prints each failure as an "unraisable" traceback (thousands of lines). This hook drops exactly
+    those (matched by message) and passes everything else to the previous hook. Idempotent.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "quiet_stale_reads", False):
+        return
+
+    def hook(unraisable):
+        text = f"{unraisable.exc_value!r} {unraisable.object!r} {unraisable.err_msg!r}"
+        if any(marker in text for marker in _STALE_READ_MARKERS):
+            log.debug("ignored a background read error of a skipped checkpoint: %s", text[:200])
+            return
+        previous(unraisable)
+
+    hook.quiet_stale_reads = True
+    sys.unraisablehook = hook
 
 
 def restore_branch_point(spec: str, abstract_state):
@@ -101,38 +135,42 @@ class Checkpointer:
     def restore_latest(self, abstract_state):
         """(state, meta) of the newest good checkpoint, or None when there is none.
 
-        Unreadable/mismatching newer checkpoints are moved to WORKDIR/checkpoints_corrupt/ with a warning
-        (so the steps they held can be saved again) and the previous one is tried.
+        Unreadable/mismatching newer checkpoints are moved to WORKDIR/checkpoints_corrupt/ (the newest
+        `keep` such copies are kept) with one warning line each, and the previous one is tried.
         """
-        bad, first_error = [], ""
-        result = None
+        bad, result = [], None
         for step in reversed(self.steps()):
             try:
                 result = _restore_checked(self._manager, step, abstract_state)
                 break
             except Exception as err:  # any failure to read one checkpoint → fall back to an older one
-                reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-                log.warning("checkpoint at step %d is unusable (%s); trying the previous one", step, reason)
-                bad.append(step)
-                first_error = first_error or reason
+                quiet_stale_reads()  # Orbax's other reads of this checkpoint fail later, in the background
+                bad.append((step, short_reason(err)))
         if bad and result is None:
             # Nothing restorable at all: more likely changed code than corruption. Never discard them silently.
-            raise UserError(f"none of the checkpoints {sorted(bad)} in {self.directory} can be restored (newest: "
-                            f"{first_error}); if they are from other code, use a new workdir")
-        if bad:
-            self._quarantine(bad)
+            raise UserError(f"none of the checkpoints {sorted(s for s, _ in bad)} in {self.directory} can be restored "
+                            f"(newest: {bad[0][1]}); if they are from other code, use a new workdir")
+        for (step, reason), dest in zip(bad, self._quarantine([s for s, _ in bad])):
+            log.warning("checkpoint at step %d is unusable (%s); moved to %s, resuming from an older one",
+                        step, reason, dest)
         return result
 
-    def _quarantine(self, steps: list[int]) -> None:
+    def _quarantine(self, steps: list[int]) -> list[Path]:
+        """Move `steps` out of the manager's directory; keep only the newest `keep` quarantined copies."""
         self._manager.wait_until_finished()
         self._manager.close()
         dest = self.directory.parent / f"{self.directory.name}_corrupt"
         dest.mkdir(exist_ok=True)
+        moved = []
         for step in steps:
-            src = self.directory / str(step)
-            if src.exists():
-                shutil.move(str(src), str(dest / f"{step}-{int(time.time())}"))
+            target = dest / f"{step}-{time.time_ns()}"
+            shutil.move(str(self.directory / str(step)), str(target))
+            moved.append(target)
+        copies = sorted(dest.iterdir(), key=lambda p: int(p.name.rpartition("-")[2]) if p.name.rpartition("-")[2].isdigit() else 0)
+        for old in copies[: max(len(copies) - self.keep, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
         self._manager = self._open()
+        return moved
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -8,7 +8,7 @@ import logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py or configs/paper.py:d512_E8")
+    parser.add_argument("--config", required=True, help="a packaged config (tiny, demo:moe, paper:d512_E8) or the path of your own .py[:arg]")
     parser.add_argument("--workdir", required=True,
                         help="run directory: checkpoints, metrics.jsonl, tb/, summary.json; re-run to resume")
     parser.epilog = "Override any field with --config.SECTION.FIELD=VALUE, e.g. --config.train.steps=100."
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from moe_jax.configlib import load_config
     from moe_jax.train.loop import EXIT_PREEMPTED, train
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
     enable_compilation_cache()
     config = load_config(args.config, extra)
     summary = train(config, args.workdir)

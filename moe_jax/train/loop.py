@@ -12,7 +12,6 @@ import json
 import math
 import signal
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,43 +21,17 @@ from moe_jax.errors import ConfigError, UserError
 from moe_jax.scaling import counting
 from moe_jax.train import schedules
 from moe_jax.train.checkpointing import Checkpointer, restore_branch_point
-from moe_jax.train.config import validate, validate_vocab_size
+from moe_jax.train import workdir as run_dir
+from moe_jax.train.preflight import preflight, token_plan
 from moe_jax.train.metrics import MetricsWriter, Progress
 from moe_jax.train.optimizer import make_optimizer, peak_learning_rate
 from moe_jax.train.steps import evaluate, init_train_state, make_eval_step, make_train_step
 
-# Fields that may differ when resuming a workdir (they change how a run is watched, not what it computes).
-RESUME_MUTABLE = {"train.progress", "train.log_every", "train.tensorboard", "train.measure_mfu",
-                  "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoints"}
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: saved and stopped; re-run the same command to continue
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN/inf; good checkpoints are left untouched."""
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def _check_same_run(workdir: Path, config) -> None:
-    """Write WORKDIR/config.json on first use; refuse to resume a workdir trained with another config."""
-    path = workdir / "config.json"
-    current = json.loads(config.to_json_best_effort())
-    if path.exists():
-        old, new = _flat(json.loads(path.read_text())), _flat(current)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MUTABLE)
-        if diff:
-            k = diff[0]
-            raise ConfigError(f"workdir {workdir} holds a run with {k}={old.get(k)!r}, not {new.get(k)!r}; "
-                              f"use a new --workdir or the original config ({len(diff)} field(s) differ: {', '.join(diff[:5])})")
-    path.write_text(json.dumps(current, indent=1, sort_keys=True))
 
 
 class _Preemption:
@@ -95,22 +68,18 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
     from moe_jax.model import build_model, count_params, model_shape
 
     t_start = time.time()
-    validate(config)
-    validate_vocab_size(config, data_module.get_vocabulary(config.data).vocab_size)
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_same_run(workdir, config)
+    config, notes = preflight(config, data_module)  # every config check; nothing written yet
+    workdir = run_dir.check_usable(workdir)
+    run_dir.check_config_file(workdir, config)
+    run_dir.claim(workdir, config)
     m, d, t = config.model, config.data, config.train
 
     counts = count_params(m)
     peak_lr = peak_learning_rate(t, counts["n_act"], m.experts)
     ramp = dict(final_batch=t.batch_size, ramp_tokens=tuple(t.batch_ramp_tokens), ramp_sizes=tuple(t.batch_ramp_sizes))
-    total_steps, total_tokens = schedules.plan_run(steps=t.steps, tokens=t.tokens, seq_len=d.seq_len, **ramp)
+    total_steps, total_tokens = token_plan(config)
     sched = dict(peak_lr=peak_lr, total_tokens=float(total_tokens), warmup_tokens=float(t.warmup_tokens),
                  decay_fraction=float(t.decay_fraction), schedule=t.schedule)
-    if t.warmup_tokens > total_tokens * (1 - (t.decay_fraction if t.schedule == "trapezoidal" else 0)):
-        raise ConfigError(f"train.warmup_tokens ({t.warmup_tokens:g}) does not fit before the decay of a "
-                          f"{total_tokens:g}-token run; lower it or train longer")
 
     # Model and optimizer; arrays replicated over a 1-D data-parallel mesh of all devices.
     mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -139,8 +108,11 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
         step, tokens, wall_before = int(meta["step"]), int(meta["tokens"]), float(meta["wall_time_s"])
         last_eval = meta.get("eval", {})
         data_iter.set_state(meta["data"])
+    start_step = step  # > 0 when this process resumed (or branched): the summary says so
     metrics = MetricsWriter(workdir, resume_step=step, tensorboard=t.tensorboard)
     progress = Progress(total_steps, t.progress, stream=stream)
+    for note in notes:
+        progress.message(note)
     if restored is not None:
         source = t.init_from if branched else str(workdir)
         progress.message(f"{'branched' if branched else 'resumed'} from step {step} ({tokens:,} tokens) of {source}")
@@ -217,6 +189,7 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
     summary = {
         "n_act": counts["n_act"], "n_total": counts["n_total"], "n_router": counts["n_router"],
         "experts": m.experts, "top_k": m.top_k, "tokens": int(tokens), "steps": int(step),
+        "start_step": int(start_step), "branched_from": t.init_from if branched else "",
         "flops": float(counting.training_flops(counts["n_act"], tokens)), "peak_lr": peak_lr,
         "final_eval_loss": last_eval.get("eval_loss"), "wall_time_s": wall_before + time.time() - t_start,
         "preempted": preempted, "config": json.loads(config.to_json_best_effort()),

@@ -1,0 +1,78 @@
+"""A run's working directory: checked before anything is written, then claimed with WORKDIR/config.json.
+
+    check_config_file(workdir, config)   # read-only: refuses a workdir that holds another run
+    claim(workdir, config)               # creates the directory and writes config.json
+
+Nothing here deletes or rewrites what a previous run left: a directory that cannot be used is
+reported as one line naming the path, the problem and what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flax import traverse_util
+
+from moe_jax.errors import ConfigError, UserError
+
+CONFIG_FILE = "config.json"
+# Fields that may differ when resuming a workdir (they change how a run is watched, not what it computes).
+RESUME_MUTABLE = {"train.progress", "train.log_every", "train.tensorboard", "train.measure_mfu",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoints"}
+
+
+def _flat(tree: dict) -> dict:
+    """{'a': {'b': 1}} → {'a.b': 1}; tuples as lists, as JSON stores them."""
+    flat = traverse_util.flatten_dict(tree, sep=".")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
+
+
+def _config_json(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def check_usable(workdir: str | os.PathLike) -> Path:
+    """The absolute workdir path, or a UserError if it (or a parent) is a file or cannot be written."""
+    path = Path(workdir).absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:  # pragma: no cover - '/' always exists
+        raise UserError(f"workdir {path}: no existing parent directory")
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is a file"
+        raise UserError(f"workdir {path} {where}; give a directory path (e.g. {path.parent / (path.name + '_run')})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"workdir {path}: {existing} is not writable; choose a directory you can write to")
+    return path
+
+
+def check_config_file(workdir: Path, config) -> None:
+    """Refuse a workdir whose config.json records another run, or cannot be read (nothing is written)."""
+    path = workdir / CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:120]}); it "
+                        f"records this run's config: restore it, or train in a new --workdir") from None
+    old, new = _flat(old), _flat(_config_json(config))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MUTABLE)
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"workdir {workdir} holds a run with {k}={old.get(k)!r}, not {new.get(k)!r}; "
+                          f"use a new --workdir or the original config ({len(diff)} field(s) differ: {', '.join(diff[:5])})")
+
+
+def claim(workdir: Path, config) -> None:
+    """Create the workdir and (re)write config.json; an OSError becomes a one-line UserError."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tmp = workdir / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(json.dumps(_config_json(config), indent=1, sort_keys=True))
+        os.replace(tmp, workdir / CONFIG_FILE)  # never a half-written config.json
+    except OSError as err:
+        raise UserError(f"cannot write to workdir {workdir}: {err.strerror or err}") from None
