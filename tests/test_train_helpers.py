@@ -91,3 +91,33 @@ def tiny_config(experts: int = 4, **train_overrides) -> ml_collections.ConfigDic
     train.update(train_overrides)
     config.train = train_config(**train)
     return config
+
+
+def fixture_config(data_dir, **train_overrides) -> ml_collections.ConfigDict:
+    """`tiny_config` on the real data pipeline: the committed fixture corpus, 2 k SentencePiece vocabulary."""
+    from moe_jax.data.config import data_config
+
+    config = tiny_config(**train_overrides)
+    config.model.vocab_size = 2048
+    config.data = data_config(task="fixture", seq_len=16, seed=3, builtin_vocab_size=2048, data_dir=str(data_dir))
+    return config
+
+
+def slow_down_real_data(delay_s: float) -> None:
+    """Make moe_jax.data's train iterators sleep per batch (a child process stays killable mid-run)."""
+    import moe_jax.data as data
+
+    make = data.make_train_iterator
+
+    def make_slow(*args, **kwargs):
+        iterator = make(*args, **kwargs)
+        next_batch = iterator.next_batch
+
+        def slow_next_batch(size):
+            time.sleep(delay_s)
+            return next_batch(size)
+
+        iterator.next_batch = slow_next_batch
+        return iterator
+
+    data.make_train_iterator = make_slow

@@ -24,7 +24,7 @@ from moe_jax.train.loop import EXIT_PREEMPTED, TrainingDiverged, train
 from moe_jax.train.metrics import read_events, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_helpers import VOCAB, FakeData, tiny_config  # noqa: E402
+from test_train_helpers import VOCAB, FakeData, fixture_config, tiny_config  # noqa: E402
 
 LOSS_KEYS = ("loss", "ce", "aux_loss", "load_balance_loss", "z_loss", "dropped_fraction", "load_imbalance",
              "router_entropy", "grad_norm", "lr", "tokens", "batch_size")
@@ -59,6 +59,28 @@ def _assert_same_params(a, b):
     assert len(la) == len(lb) > 0
     for x, y in zip(la, lb):
         assert x.dtype == y.dtype and np.array_equal(x, y), "parameters differ after resume"
+
+
+def _final_meta(workdir):
+    """The newest checkpoint's metadata (step, tokens, data iterator position)."""
+    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    return json.loads((workdir / "checkpoints" / str(step) / "meta" / "metadata").read_text())
+
+
+def _assert_same_run_state(workdir, ref_dir):
+    """Parameters, optimizer state, RNG and data position of the final checkpoints are equal."""
+    (step_a, a), (step_b, b) = load_state(workdir), load_state(ref_dir)
+    assert step_a == step_b
+    for part in ("params", "opt_state", "rng"):
+        _assert_same_params(a[part], b[part])
+    meta_a, meta_b = _final_meta(workdir), _final_meta(ref_dir)
+    assert meta_a["data"] == meta_b["data"] and meta_a["tokens"] == meta_b["tokens"]
+
+
+def _assert_resumed(summary, total_steps: int = 12):
+    """The restarted process restored a checkpoint (step N > 0) and trained fewer steps than a full run."""
+    assert 0 < summary["start_step"] < total_steps, summary["start_step"]
+    assert summary["steps"] == total_steps
 
 
 def _metric_rows(workdir):
@@ -159,8 +181,9 @@ def test_sigkill_then_restart_gives_identical_params_and_metrics(reference_run, 
     code, err = _kill_midway(script, workdir, signal.SIGKILL, min_rows=5, seed=1)
     assert code == -signal.SIGKILL, err[-2000:]
     summary = train(tiny_config(), workdir, data_module=FakeData)
-    assert summary["steps"] == 12 and summary["final_eval_loss"] == ref["final_eval_loss"]
-    _assert_same_params(_params(workdir), _params(ref_dir))
+    _assert_resumed(summary)
+    assert summary["final_eval_loss"] == ref["final_eval_loss"]
+    _assert_same_run_state(workdir, ref_dir)
     assert _metric_rows(workdir) == _metric_rows(ref_dir)
 
 
@@ -173,9 +196,33 @@ def test_sigkill_during_saves_then_restart_is_exact(reference_run, tmp_path, see
     overrides = {"checkpoint_every": 1}
     code, err = _kill_midway(_child_script(tmp_path, overrides), workdir, signal.SIGKILL, min_rows=3 + seed, seed=seed)
     assert code == -signal.SIGKILL, err[-2000:]
-    train(tiny_config(**overrides), workdir, data_module=FakeData)
-    _assert_same_params(_params(workdir), _params(ref_dir))
+    summary = train(tiny_config(**overrides), workdir, data_module=FakeData)
+    _assert_resumed(summary)
+    _assert_same_run_state(workdir, ref_dir)
     assert _metric_rows(workdir) == _metric_rows(ref_dir)
+
+
+def test_sigkill_on_the_real_data_pipeline_resumes_params_optimizer_and_data_position(tmp_path, compile_cache):
+    """The fixture task through moe_jax.data (token cache, windows, held-out split), killed mid-run."""
+    data_dir = tmp_path / "data"
+    ref_dir, workdir = tmp_path / "reference", tmp_path / "run"
+    ref = train(fixture_config(data_dir), ref_dir)  # also prepares the fixture corpus
+    script = tmp_path / "child_real.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_train_helpers import fixture_config, slow_down_real_data
+        slow_down_real_data(0.25)
+        from moe_jax.train.loop import train
+        train(fixture_config({str(data_dir)!r}), sys.argv[1])
+    """))
+    code, err = _kill_midway(script, workdir, signal.SIGKILL, min_rows=6, seed=2)
+    assert code == -signal.SIGKILL, err[-2000:]
+    summary = train(fixture_config(data_dir), workdir)
+    _assert_resumed(summary)
+    assert summary["final_eval_loss"] == ref["final_eval_loss"]
+    _assert_same_run_state(workdir, ref_dir)
+    assert _final_meta(workdir)["data"]["position"] > 0
 
 
 def test_sigterm_saves_and_the_rerun_finishes_identically(reference_run, tmp_path):
@@ -186,8 +233,10 @@ def test_sigterm_saves_and_the_rerun_finishes_identically(reference_run, tmp_pat
     assert code == EXIT_PREEMPTED, err[-2000:]
     saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and 3 <= saved[0] < 12
-    train(tiny_config(**overrides), workdir, data_module=FakeData)
-    _assert_same_params(_params(workdir), _params(ref_dir))
+    summary = train(tiny_config(**overrides), workdir, data_module=FakeData)
+    assert summary["start_step"] == saved[0]  # restored the SIGTERM save, trained only the rest
+    _assert_resumed(summary)
+    _assert_same_run_state(workdir, ref_dir)
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_good_checkpoints(tmp_path, compile_cache):
