@@ -1,0 +1,1 @@
+"""Launching on Cloud TPU (installed as `moe_jax.tpu`)."""
