@@ -90,8 +90,9 @@ def install_on_worker(wheel: str) -> str:
             f"{WORKER_PYTHON} -m venv {VENV} && {VENV}/bin/pip install -q {shlex.quote(wheel)} {jax}")
 
 
-def train_argv(config: str, workdir: str, overrides: list[str], program: str = f"{VENV}/bin/moe-jax") -> list[str]:
-    return [program, "train", "--config", config, "--workdir", workdir, *overrides]
+def train_argv(train_args: list[str], workdir: str, program: str = f"{VENV}/bin/moe-jax") -> list[str]:
+    """`moe-jax train ARGS --workdir WORKDIR`; ARGS = ['--config', SPEC, '--config.KEY=VALUE', …]."""
+    return [program, "train", *train_args, "--workdir", workdir]
 
 
 def start_in_background(run: str, train: list[str]) -> str:

@@ -24,7 +24,7 @@ class RunPlan:
     upload: str | None = None  # a local config file (not shipped in the package) to copy to the workers first
 
     def train(self) -> list[str]:
-        return commands.train_argv(self.config, self.workdir, self.overrides)
+        return commands.train_argv(["--config", self.config, *self.overrides], self.workdir)
 
 
 def default_run_name(config: str) -> str:
