@@ -175,7 +175,7 @@ def test_workload_names_follow_xpk_rules():
 def test_parse_workload_list_reads_the_status_column():
     text = ("[XPK] Starting xpk\nJobset Name  Created Time  Priority  TPU VMs Needed  TPU VMs Running/Ran  "
             "TPU VMs Done  Status  Status Message  Status Time\n"
-            "a-1  2026-01-01T00:00:00Z  medium  4  4  <none>  Admitted  Admitted by ClusterQueue  2026-01-01T00:01:00Z\n"
+            "a-1  2026-01-01T00:00:00Z  medium  4  4  <none>  Admitted  Admitted by queue  2026-01-01T00:01:00Z\n"
             "b-2  2026-01-01T00:00:00Z  low  4  <none>  <none>  Evicted  Preempted to fit  2026-01-01T00:02:00Z\n")
     assert parse_workload_list(text) == {"a-1": "Admitted", "b-2": "Evicted"}
     assert parse_workload_list("[XPK] no workloads") == {}
@@ -222,3 +222,13 @@ def test_xpk_uses_a_given_image_and_needs_a_cluster(cloud, tmp_path):
     assert "--docker-image=gcr.io/p/moe:1" in create and create[-1].startswith("--command=moe-jax train --config")
     with pytest.raises(UserError, match="missing cluster"):
         XpkBackend(settings(), parse_accelerator("v5litepod-16"), Runner(), "sw")
+
+
+def test_a_slice_request_that_fails_is_replaced_without_using_a_retry(cloud, tmp_path):
+    cloud.world(plans={"sw-0": [["ACCEPTED", "FAILED"], ["PROVISIONING", "ACTIVE"]]},
+                probes={"r1": ["0"]}, objects={SUMMARY.format("r1"): 1})
+    reg = registry(tmp_path, "r1")
+    run_to_end(gcloud_backend(tmp_path, retries=0), reg, tmp_path)
+    assert verbs(cloud) == ["create sw-0", "delete sw-0", "create sw-0", "setup sw-0", "start r1 on sw-0",
+                            "delete sw-0"]
+    assert reg.status("r1")["status"] == "done" and reg.status("r1")["attempts"] == 1

@@ -9,6 +9,9 @@ import pytest
 
 from fakes.cloud import FakeCloud
 from moe_jax.cli import main
+from moe_jax.errors import UserError
+from moe_jax.tpu.accelerators import parse_accelerator
+from moe_jax.tpu.mesh import check_mesh_fits
 
 WHERE = ["--zone=us-west4-a", "--project=my-project"]
 SETTINGS = """\
@@ -61,7 +64,8 @@ def test_setup_copies_the_wheel_to_every_worker_and_installs_it_with_jax_tpu(clo
                "python3.11 -m venv moe-jax/venv && moe-jax/venv/bin/pip install -q "
                'moe_jax-0.1.0-py3-none-any.whl "jax[tpu]==0.10.2"')
     assert cloud.calls() == [
-        ["compute", "tpus", "tpu-vm", "scp", str(wheel), "moe-1:moe_jax-0.1.0-py3-none-any.whl", *WHERE, "--worker=all"],
+        ["compute", "tpus", "tpu-vm", "scp", str(wheel), "moe-1:moe_jax-0.1.0-py3-none-any.whl", *WHERE,
+         "--worker=all"],
         ["compute", "tpus", "tpu-vm", "ssh", "moe-1", *WHERE, "--worker=all", f"--command={install}"],
     ]
 
@@ -114,7 +118,8 @@ def test_status_logs_and_stop(cloud, settings, capsys):
     assert main(["tpu", "logs", "moe-1", "--settings", settings, "--follow", "--lines", "20"]) == 0
     assert main(["tpu", "stop", "moe-1", "--settings", settings]) == 0
     assert cloud.calls()[-2:] == [
-        ["compute", "tpus", "tpu-vm", "ssh", "moe-1", *WHERE, "--worker=0", "--command=tail -n 20 -F moe-jax/train.log"],
+        ["compute", "tpus", "tpu-vm", "ssh", "moe-1", *WHERE, "--worker=0",
+         "--command=tail -n 20 -F moe-jax/train.log"],
         ["compute", "tpus", "tpu-vm", "ssh", "moe-1", *WHERE, "--worker=all",
          '--command=kill -TERM -- "-$(cat moe-jax/train.pid)"'],
     ]
@@ -202,3 +207,13 @@ def test_dry_run_prints_every_command_and_runs_none(cloud, settings, capsys):
     assert out[0] == "python -m pip wheel --no-deps . -w dist" and len(out) == 3
     assert [shlex.split(line)[0] for line in out] == ["python", "gcloud", "gcloud"]
     assert cloud.calls() == []
+
+
+def test_chips_per_accelerator_and_the_mesh_rule():
+    assert [parse_accelerator(t).chips for t in ("v5litepod-16", "v6e-8", "v5p-32", "v4-8")] == [16, 8, 16, 4]
+    check_mesh_fits({"data": -1, "expert": 4}, 16, "v5litepod-16")  # data takes the remaining 4
+    check_mesh_fits({"fsdp": 4, "expert": 4}, 16, "v5litepod-16")
+    for mesh, message in [({"data": -1, "fsdp": -1}, "-1 on 2 axes"), ({"data": -1, "expert": 3}, "divide 16"),
+                          ({"fsdp": 8}, "needs 8 devices")]:
+        with pytest.raises(UserError, match=message):
+            check_mesh_fits(mesh, 16, "v5litepod-16")

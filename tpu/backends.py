@@ -18,7 +18,6 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Callable, Protocol
 
 from moe_jax.errors import UserError
@@ -107,7 +106,7 @@ class GcloudBackend:
     pool_size: int
     wheel: str  # our built wheel, installed on each new slice
     max_retries: int = 3
-    _installed: set = field(default_factory=set)  # slices this launcher has set up
+    _installed: set = field(default_factory=set, init=False)  # slices this launcher has set up
 
     def step(self, registry: Registry) -> bool:
         """One poll: create/replace slices, install, start, probe, relaunch. False once the sweep is over."""
@@ -198,7 +197,7 @@ class XpkBackend:
     max_restarts: int = 10  # JobSet restarts inside one workload (spot preemption)
     max_retries: int = 2  # new workloads after one ended without summary.json
     script_dir: str = ""  # holds our wheel, when settings.docker_image is unset
-    _missing: dict = field(default_factory=dict)  # workload -> consecutive polls it was not listed
+    _missing: dict = field(default_factory=dict, init=False)  # workload -> consecutive polls it was not listed
 
     def __post_init__(self):
         require(self.settings, "project", "zone", "cluster")
@@ -241,5 +240,5 @@ class XpkBackend:
         train = shlex.join(commands.train_argv(run.train_args, run.workdir, program="moe-jax"))
         if self.settings.docker_image:
             return [f"--docker-image={self.settings.docker_image}"], train
-        install = f"pip install -q {commands.wheel_name()} {commands.double_quote('jax[tpu]==' + metadata.version('jax'))}"
+        install = commands.pip_install("pip", commands.wheel_name())
         return ["--base-docker-image=python:3.11", f"--script-dir={self.script_dir}"], f"{install} && {train}"

@@ -83,11 +83,15 @@ def build_wheel(source: str, out_dir: str) -> list[str]:
     return ["python", "-m", "pip", "wheel", "--no-deps", source, "-w", out_dir]
 
 
+def pip_install(pip: str, wheel: str) -> str:
+    """Install our wheel with jax[tpu] at the jax version our wheel pins."""
+    return f"{pip} install -q {shlex.quote(wheel)} {double_quote('jax[tpu]==' + metadata.version('jax'))}"
+
+
 def install_on_worker(wheel: str) -> str:
-    """Python 3.11 venv with our wheel and jax[tpu] at the version our wheel pins."""
-    jax = double_quote(f"jax[tpu]=={metadata.version('jax')}")
+    """A Python 3.11 venv holding our wheel and jax[tpu]."""
     return (f"sudo apt-get update -qq && sudo apt-get install -y -qq {WORKER_PYTHON} {WORKER_PYTHON}-venv && "
-            f"{WORKER_PYTHON} -m venv {VENV} && {VENV}/bin/pip install -q {shlex.quote(wheel)} {jax}")
+            f"{WORKER_PYTHON} -m venv {VENV} && {pip_install(f'{VENV}/bin/pip', wheel)}")
 
 
 def train_argv(train_args: list[str], workdir: str, program: str = f"{VENV}/bin/moe-jax") -> list[str]:

@@ -71,7 +71,8 @@ def _queued(verb: str, name: str, argv: list[str], world: dict) -> int:
     if verb == "describe":
         state = resource["current"] = _next(resource["states"])
         node = {"acceleratorType": "fake", "labels": resource["labels"]}
-        print(json.dumps({"name": name, "state": {"state": state}, "tpu": {"nodeSpec": [{"nodeId": name, "node": node}]}}))
+        spec = {"nodeSpec": [{"nodeId": name, "node": node}]}
+        print(json.dumps({"name": name, "state": {"state": state}, "tpu": spec}))
     elif verb == "delete":
         del world["queued"][name]
     return 0
