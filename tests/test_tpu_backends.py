@@ -232,3 +232,11 @@ def test_a_slice_request_that_fails_is_replaced_without_using_a_retry(cloud, tmp
     assert verbs(cloud) == ["create sw-0", "delete sw-0", "create sw-0", "setup sw-0", "start r1 on sw-0",
                             "delete sw-0"]
     assert reg.status("r1")["status"] == "done" and reg.status("r1")["attempts"] == 1
+
+
+def test_a_run_recorded_on_a_slice_outside_the_pool_is_reported_not_forgotten(cloud, tmp_path):
+    reg = registry(tmp_path, "r1")
+    reg.mark_running("r1", "old-7")
+    with pytest.raises(UserError, match="'r1' is recorded as running on 'old-7', outside this pool"):
+        gcloud_backend(tmp_path).step(reg)
+    assert all(argv[3] == "describe" for argv in cloud.calls("gcloud"))

@@ -113,6 +113,10 @@ class GcloudBackend:
         names = [f"{self.prefix}-{i}" for i in range(self.pool_size)]
         states = {name: slices.describe(name, self.settings, self.runner, echo=False) for name in names}
         running = {run.where: run for run in registry.runs("running")}
+        stray = next((run for where, run in running.items() if where not in names), None)
+        if stray:
+            raise UserError(f"run {stray.id!r} is recorded as running on {stray.where!r}, outside this pool "
+                            f"({names[0]} … {names[-1]}); use the prefix and pool size the sweep started with")
         ready = registry.runs("ready")
         if not running and not ready:
             for name in names:  # sweep over: give the slices back
