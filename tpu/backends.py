@@ -127,10 +127,12 @@ class GcloudBackend:
         to_create = len(ready) - len(idle)
         for name in names:
             state, run = slices.state_of(states[name]), running.get(name)
-            if state == "DELETED":
-                if run or to_create > 0:  # a run to restart here, or a ready run without a slice
-                    to_create -= 0 if run else 1
-                    slices.create(name, self.settings, self.accelerator, self.runner)
+            if state == "DELETED":  # (re)create it for its run, or for a ready run that has no slice yet
+                if run is None:
+                    if to_create <= 0:
+                        continue
+                    to_create -= 1
+                slices.create(name, self.settings, self.accelerator, self.runner)
                 continue
             if not slices.is_ours(states[name]):
                 raise UserError(f"slice name {name!r} is taken by a queued resource moe-jax did not create; "
