@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("moe_jax.data.cli", "prepare and inspect datasets and vocabularies"),
     "train": ("moe_jax.train.cli", "train a dense or MoE model from a config"),
     "demo": ("moe_jax.train.demo", "train dense and E=8 tiny models on the embedded corpus, compare losses"),
+    "tpu": ("moe_jax.tpu.cli", "create, set up, run on and delete Cloud TPU slices (gcloud queued resources)"),
 }
 
 USES_TENSORFLOW = {"data", "train", "demo"}  # their data pipeline imports TensorFlow (seqio, tfds)

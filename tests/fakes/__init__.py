@@ -1,0 +1,1 @@
+"""Fake command-line tools for tests."""
