@@ -5,7 +5,7 @@
 
 It brings the experts' outputs back to token order (index = each assignment's row in expert order,
 weight = its gate), and is the backward of a gmm that read its rows through an index: both are
-gathers, so no scatter-add is needed anywhere. Rows are copied one DMA each from HBM into VMEM.
+gathers, so no scatter-add is needed anywhere. Rows are copied one DMA each from HBM into VMEM; the index array is prefetched into SMEM.
 """
 
 from __future__ import annotations
@@ -44,39 +44,41 @@ def gather_tile(row_of, src_hbm, buf, sem, col: int | jax.Array):
 
 
 def _gather_sum_kernel(index_ref, weight_ref, src_hbm, out_ref, buf, sem, *, k: int):
+    base = pl.program_id(0) * buf.shape[0] * k  # first index of this token tile
     acc = jnp.zeros(out_ref.shape, jnp.float32)
     for choice in range(k):  # K is small (top-k)
-        rows = gather_tile(lambda r: index_ref[r * k + choice], src_hbm, buf, sem, 0)  # [tt, D]
+        rows = gather_tile(lambda r: index_ref[base + r * k + choice], src_hbm, buf, sem, 0)  # [tt, D]
         acc += weight_ref[:, choice:choice + 1] * rows.astype(jnp.float32)
     out_ref[...] = acc.astype(out_ref.dtype)
 
 
-def gather_sum_plan(src_shape, index_shape, itemsize: int, tt: int) -> KernelPlan:
-    """Grid over token tiles; blocks of indices (SMEM), weights and output; K·tt rows gathered per step."""
-    t, k = index_shape
+def gather_sum_plan(src_shape, index, itemsize: int, tt: int) -> KernelPlan:
+    """Grid over token tiles; index [T·K padded] prefetched to SMEM; K·tt rows gathered per step."""
+    t, k = index.shape
     d = src_shape[1]
     tiles = -(-t // tt)
-    index = Operand("index", (tiles * tt * k,), (tt * k,), lambda i: (i,), 4)
-    weight = Operand("weight", (t, k), (tt, k), lambda i: (i, 0), 4)
-    out = Operand("out", (t, d), (tt, d), lambda i: (i, 0), itemsize, True)
-    return KernelPlan((tiles,), (), [index, weight, out], gather_bytes=tt * k * d * itemsize)
+    flat = jnp.pad(jnp.asarray(index, jnp.int32).reshape(-1), (0, (tiles * tt - t) * k))  # pad rows read row 0
+    weight = Operand("weight", (t, k), (tt, k), lambda i, *_: (i, 0), 4)
+    out = Operand("out", (t, d), (tt, d), lambda i, *_: (i, 0), itemsize, True)
+    return KernelPlan((tiles,), (flat,), [weight, out], gather_bytes=tt * k * d * itemsize)
 
 
 def gather_sum(src, index, weight, tile_m: int = 0, interpret=None):
     """out [T, D] = Σ_k weight[t, k] · src[index[t, k]]; index [T, K] into the rows of src [R, D]."""
     t, k = index.shape
-    tt = choose_tiling(t, src.shape[1], src.shape[1], (tile_m, 0, 0)).tm
-    plan = gather_sum_plan(src.shape, index.shape, src.dtype.itemsize, tt)
-    index_op, weight_op, out_op = plan.operands
-    flat = jnp.pad(index.reshape(-1).astype(jnp.int32), (0, index_op.shape[0] - t * k))  # pad rows read row 0
+    d = src.shape[1]
+    tt = choose_tiling(t, d, d, (tile_m, 0, 0)).tm
+    plan = gather_sum_plan(src.shape, index, src.dtype.itemsize, tt)
+    weight_op, out_op = plan.operands
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=1, grid=plan.grid,
+        in_specs=[block_spec(weight_op), pl.BlockSpec(memory_space=pl.ANY)], out_specs=block_spec(out_op),
+        scratch_shapes=[pltpu.VMEM((tt, d), src.dtype), pltpu.SemaphoreType.DMA((1,))],
+    )
     return pl.pallas_call(
-        functools.partial(_gather_sum_kernel, k=k),
-        grid=plan.grid,
-        in_specs=[block_spec(index_op, pltpu.SMEM), block_spec(weight_op), pl.BlockSpec(memory_space=pl.ANY)],
-        out_specs=block_spec(out_op),
-        out_shape=jax.ShapeDtypeStruct((t, src.shape[1]), src.dtype),
-        scratch_shapes=[pltpu.VMEM((tt, src.shape[1]), src.dtype), pltpu.SemaphoreType.DMA((1,))],
+        functools.partial(_gather_sum_kernel, k=k), grid_spec=grid_spec,
+        out_shape=jax.ShapeDtypeStruct((t, d), src.dtype),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",),
-                                             vmem_limit_bytes=vmem_limit(plan, tt * src.shape[1] * src.dtype.itemsize)),
+                                             vmem_limit_bytes=vmem_limit(plan, tt * d * src.dtype.itemsize)),
         interpret=not on_tpu() if interpret is None else interpret,
-    )(flat, weight.astype(jnp.float32), src)
+    )(*plan.scalars, weight.astype(jnp.float32), src)

@@ -22,9 +22,6 @@ from moe_jax.kernels.gather import block_spec, gather_sum, gather_tile, on_tpu
 from moe_jax.kernels.groups import max_work_items, work_items
 from moe_jax.kernels.tiling import KernelPlan, Operand, choose_tiling, vmem_limit
 
-N_SCALARS = 5  # group, weight_group, tile, offsets, active (`WorkItems.scalars`)
-
-
 def _rows_in_group(group, tile, offsets, w, tm: int, width: int):
     """[tm, width] mask: rows of this work item's tile that belong to its group."""
     g = group[w]
@@ -45,7 +42,11 @@ def _gmm_kernel(group, weight_group, tile, offsets, active, *refs, tm, tail, gat
         def _():
             acc_ref[...] = jnp.zeros_like(acc_ref)
 
-        lhs = gather_tile(rows_ref.__getitem__, lhs_hbm, buf, sem, k * buf.shape[1]) if gather else lhs_ref[...]
+        if gather:  # row r of the tile is lhs[rows[tile·tm + r]]
+            base = tile[w] * tm
+            lhs = gather_tile(lambda r: rows_ref[base + r], lhs_hbm, buf, sem, k * buf.shape[1])
+        else:
+            lhs = lhs_ref[...]
         contract = 1 if transpose_rhs else 0
         acc_ref[...] += jax.lax.dot_general(lhs, rhs_ref[...], (((1,), (contract,)), ((), ())),
                                             preferred_element_type=jnp.float32)
@@ -57,11 +58,22 @@ def _gmm_kernel(group, weight_group, tile, offsets, active, *refs, tm, tail, gat
             out_ref[...] = jnp.where(inside, value.astype(out_ref.dtype), out_ref[...])
 
 
-def gmm_plan(lhs_shape, rhs_shape, itemsize: int, meta, tiling, *, rows_len=None, transpose_rhs=False,
-             out_itemsize=None) -> KernelPlan:
-    """Grid and blocked operands of a gmm call (shared by the pallas_call and the byte counter)."""
-    m = rows_len if rows_len is not None else lhs_shape[0]
-    g, k = rhs_shape[0], lhs_shape[1]
+def padded_rows(rows, m: int, tm: int):
+    """rows [M] as int32, padded with row 0 to whole tiles (the padding is gathered, then masked)."""
+    return jnp.pad(jnp.asarray(rows, jnp.int32), (0, -(-m // tm) * tm - m))
+
+
+def _plan(grid, meta, blocked, lhs: Operand, rows, tiling, itemsize: int, work_axis: int) -> KernelPlan:
+    """A plan whose lhs is blocked, or (rows given) gathered row by row through the scalar `rows`."""
+    if rows is None:
+        return KernelPlan(grid, meta.scalars(), [lhs, *blocked])
+    active = lambda *ids: ids[work_axis] < ids[len(grid) + 4][0]  # noqa: E731  (scalar 4 = active)
+    return KernelPlan(grid, (*meta.scalars(), rows), blocked, active, gather_bytes=tiling.tm * tiling.tk * itemsize)
+
+
+def gmm_plan(m: int, k: int, rhs_shape, itemsize: int, meta, tiling, rows=None, transpose_rhs=False) -> KernelPlan:
+    """Grid (n tiles, work items, k tiles) and operands of a gmm (shared by pallas_call and byte counter)."""
+    g = rhs_shape[0]
     n = rhs_shape[1] if transpose_rhs else rhs_shape[2]
     tm, tk, tn = tiling.tm, tiling.tk, tiling.tn
     grid = (n // tn, max_work_items(m, tm, g), k // tk)
@@ -69,13 +81,30 @@ def gmm_plan(lhs_shape, rhs_shape, itemsize: int, meta, tiling, *, rows_len=None
         rhs = Operand("rhs", (g, n, k), (None, tn, tk), lambda n_, w, k_, gr, wg, *_: (wg[w], n_, k_), itemsize)
     else:
         rhs = Operand("rhs", (g, k, n), (None, tk, tn), lambda n_, w, k_, gr, wg, *_: (wg[w], k_, n_), itemsize)
-    out = Operand("out", (m, n), (tm, tn), lambda n_, w, k_, gr, wg, t, *_: (t[w], n_), out_itemsize or itemsize, True)
-    if rows_len is None:
-        lhs = Operand("lhs", (m, k), (tm, tk), lambda n_, w, k_, gr, wg, t, *_: (t[w], k_), itemsize)
-        return KernelPlan(grid, meta.scalars(), [lhs, rhs, out])
-    rows = Operand("rows", (-(-m // tm) * tm,), (tm,), lambda n_, w, k_, gr, wg, t, *_: (t[w],), 4)
-    active = lambda n_, w, k_, *s: w < s[4][0]  # noqa: E731
-    return KernelPlan(grid, meta.scalars(), [rows, rhs, out], active, gather_bytes=tm * tk * itemsize)
+    out = Operand("out", (m, n), (tm, tn), lambda n_, w, k_, gr, wg, t, *_: (t[w], n_), itemsize, True)
+    lhs = Operand("lhs", (m, k), (tm, tk), lambda n_, w, k_, gr, wg, t, *_: (t[w], k_), itemsize)
+    return _plan(grid, meta, [rhs, out], lhs, rows, tiling, itemsize, work_axis=1)
+
+
+def _run(kernel, plan: KernelPlan, tiling, operands, out_shape, acc_shape, gathered, interpret):
+    """pallas_call of a planned grouped kernel: scalars prefetched, f32 accumulator, optional row gather."""
+    in_specs = [block_spec(op) for op in plan.operands if not op.output]
+    scratch = [pltpu.VMEM(acc_shape, jnp.float32)]
+    scratch_bytes = 4 * acc_shape[0] * acc_shape[1]
+    if gathered is not None:  # lhs stays in HBM; its rows are copied into a VMEM tile by the kernel
+        in_specs = [pl.BlockSpec(memory_space=pl.ANY), *in_specs]
+        scratch += [pltpu.VMEM((tiling.tm, tiling.tk), gathered.dtype), pltpu.SemaphoreType.DMA((1,))]
+        scratch_bytes += tiling.tm * tiling.tk * gathered.dtype.itemsize
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=len(plan.scalars), grid=plan.grid, in_specs=in_specs,
+        out_specs=block_spec(plan.operands[-1]), scratch_shapes=scratch,
+    )
+    return pl.pallas_call(
+        kernel, grid_spec=grid_spec, out_shape=out_shape,
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",) * len(plan.grid),
+                                             vmem_limit_bytes=vmem_limit(plan, scratch_bytes)),
+        interpret=not on_tpu() if interpret is None else interpret,
+    )(*plan.scalars, *operands)
 
 
 def gmm_call(lhs, rhs, group_sizes, rows=None, tiles=(0, 0, 0), transpose_rhs=False, interpret=None):
@@ -84,29 +113,12 @@ def gmm_call(lhs, rhs, group_sizes, rows=None, tiles=(0, 0, 0), transpose_rhs=Fa
     n = rhs.shape[1] if transpose_rhs else rhs.shape[2]
     tiling = choose_tiling(m, lhs.shape[1], n, tiles)
     meta = work_items(group_sizes, m, tiling.tm, visit_empty=False)
-    plan = gmm_plan(lhs.shape, rhs.shape, lhs.dtype.itemsize, meta, tiling,
-                    rows_len=None if rows is None else m, transpose_rhs=transpose_rhs)
-    gather = rows is not None
-    in_specs = [block_spec(op) for op in plan.operands if not op.output]
-    scratch = [pltpu.VMEM((tiling.tm, tiling.tn), jnp.float32)]
-    operands = [lhs, rhs]
-    if gather:
-        in_specs = [block_spec(plan.operands[0], pltpu.SMEM), pl.BlockSpec(memory_space=pl.ANY), in_specs[1]]
-        scratch += [pltpu.VMEM((tiling.tm, tiling.tk), lhs.dtype), pltpu.SemaphoreType.DMA((1,))]
-        pad = plan.operands[0].shape[0] - m
-        operands = [jnp.pad(rows.astype(jnp.int32), (0, pad)), lhs, rhs]
-    kernel = functools.partial(_gmm_kernel, tm=tiling.tm, tail=rhs.shape[0], gather=gather, transpose_rhs=transpose_rhs)
-    grid_spec = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=N_SCALARS, grid=plan.grid, in_specs=in_specs,
-        out_specs=block_spec(plan.operands[-1]), scratch_shapes=scratch,
-    )
-    scratch_bytes = tiling.tm * (tiling.tn * 4 + tiling.tk * lhs.dtype.itemsize)
-    return pl.pallas_call(
-        kernel, grid_spec=grid_spec, out_shape=jax.ShapeDtypeStruct((m, n), lhs.dtype),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",) * 3,
-                                             vmem_limit_bytes=vmem_limit(plan, scratch_bytes)),
-        interpret=not on_tpu() if interpret is None else interpret,
-    )(*meta.scalars(), *operands)
+    rows = None if rows is None else padded_rows(rows, m, tiling.tm)
+    plan = gmm_plan(m, lhs.shape[1], rhs.shape, lhs.dtype.itemsize, meta, tiling, rows, transpose_rhs)
+    kernel = functools.partial(_gmm_kernel, tm=tiling.tm, tail=rhs.shape[0], gather=rows is not None,
+                               transpose_rhs=transpose_rhs)
+    return _run(kernel, plan, tiling, [lhs, rhs], jax.ShapeDtypeStruct((m, n), lhs.dtype), (tiling.tm, tiling.tn),
+                None if rows is None else lhs, interpret)
 
 
 def _tgmm_kernel(group, weight_group, tile, offsets, active, *refs, tm, gather):
@@ -125,7 +137,11 @@ def _tgmm_kernel(group, weight_group, tile, offsets, active, *refs, tm, gather):
 
     @pl.when(live)
     def _():
-        lhs = gather_tile(rows_ref.__getitem__, lhs_hbm, buf, sem, col * buf.shape[1]) if gather else lhs_ref[...]
+        if gather:
+            base = tile[w] * tm
+            lhs = gather_tile(lambda r: rows_ref[base + r], lhs_hbm, buf, sem, col * buf.shape[1])
+        else:
+            lhs = lhs_ref[...]
         inside = _rows_in_group(group, tile, offsets, w, tm, 1)  # [tm, 1]
         lhs = jnp.where(inside, lhs, 0)  # rows of other groups, or past M
         grad = jnp.where(inside, grad_ref[...], 0)
@@ -136,53 +152,30 @@ def _tgmm_kernel(group, weight_group, tile, offsets, active, *refs, tm, gather):
         out_ref[...] = acc_ref[...].astype(out_ref.dtype)
 
 
-def tgmm_plan(lhs_shape, grad_shape, groups: int, itemsize: int, meta, tiling, *, rows_len=None,
+def tgmm_plan(m: int, k: int, n: int, groups: int, itemsize: int, meta, tiling, rows=None,
               out_itemsize=None) -> KernelPlan:
-    """Grid (k tiles, n tiles, work items) and blocked operands of a tgmm call."""
-    m = rows_len if rows_len is not None else lhs_shape[0]
-    k, n = lhs_shape[1], grad_shape[1]
+    """Grid (k tiles, n tiles, work items) and operands of a tgmm: consecutive items of a group accumulate."""
     tm, tk, tn = tiling.tm, tiling.tk, tiling.tn
     grid = (k // tk, n // tn, max_work_items(m, tm, groups))
     grad = Operand("grad", (m, n), (tm, tn), lambda k_, n_, w, gr, wg, t, *_: (t[w], n_), itemsize)
     out = Operand("out", (groups, k, n), (None, tk, tn), lambda k_, n_, w, gr, wg, *_: (wg[w], k_, n_),
                   out_itemsize or itemsize, True)
-    if rows_len is None:
-        lhs = Operand("lhs", (m, k), (tm, tk), lambda k_, n_, w, gr, wg, t, *_: (t[w], k_), itemsize)
-        return KernelPlan(grid, meta.scalars(), [lhs, grad, out])
-    rows = Operand("rows", (-(-m // tm) * tm,), (tm,), lambda k_, n_, w, gr, wg, t, *_: (t[w],), 4)
-    active = lambda k_, n_, w, *s: w < s[4][0]  # noqa: E731
-    return KernelPlan(grid, meta.scalars(), [rows, grad, out], active, gather_bytes=tm * tk * itemsize)
+    lhs = Operand("lhs", (m, k), (tm, tk), lambda k_, n_, w, gr, wg, t, *_: (t[w], k_), itemsize)
+    return _plan(grid, meta, [grad, out], lhs, rows, tiling, itemsize, work_axis=2)
 
 
 def tgmm(lhs, grad, group_sizes, rows=None, tiles=(0, 0, 0), out_dtype=None, interpret=None):
     """[G, K, N] weight gradient: out[g] = Σ_{rows r of g} lhs[r]^T grad[r] (lhs[rows[r]] with rows)."""
-    m = grad.shape[0]
+    m, k, n = grad.shape[0], lhs.shape[1], grad.shape[1]
     groups = group_sizes.shape[0]
-    tiling = choose_tiling(m, lhs.shape[1], grad.shape[1], tiles)
+    tiling = choose_tiling(m, k, n, tiles)
     meta = work_items(group_sizes, m, tiling.tm, visit_empty=True)
     out_dtype = jnp.dtype(out_dtype or lhs.dtype)
-    plan = tgmm_plan(lhs.shape, grad.shape, groups, lhs.dtype.itemsize, meta, tiling,
-                     rows_len=None if rows is None else m, out_itemsize=out_dtype.itemsize)
-    gather = rows is not None
-    in_specs = [block_spec(op) for op in plan.operands if not op.output]
-    scratch = [pltpu.VMEM((tiling.tk, tiling.tn), jnp.float32)]
-    operands = [lhs, grad]
-    if gather:
-        in_specs = [block_spec(plan.operands[0], pltpu.SMEM), pl.BlockSpec(memory_space=pl.ANY), in_specs[1]]
-        scratch += [pltpu.VMEM((tiling.tm, tiling.tk), lhs.dtype), pltpu.SemaphoreType.DMA((1,))]
-        operands = [jnp.pad(rows.astype(jnp.int32), (0, plan.operands[0].shape[0] - m)), lhs, grad]
-    grid_spec = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=N_SCALARS, grid=plan.grid, in_specs=in_specs,
-        out_specs=block_spec(plan.operands[-1]), scratch_shapes=scratch,
-    )
-    scratch_bytes = tiling.tk * tiling.tn * 4 + tiling.tm * tiling.tk * lhs.dtype.itemsize
-    return pl.pallas_call(
-        functools.partial(_tgmm_kernel, tm=tiling.tm, gather=gather), grid_spec=grid_spec,
-        out_shape=jax.ShapeDtypeStruct((groups, lhs.shape[1], grad.shape[1]), out_dtype),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",) * 3,
-                                             vmem_limit_bytes=vmem_limit(plan, scratch_bytes)),
-        interpret=not on_tpu() if interpret is None else interpret,
-    )(*meta.scalars(), *operands)
+    rows = None if rows is None else padded_rows(rows, m, tiling.tm)
+    plan = tgmm_plan(m, k, n, groups, lhs.dtype.itemsize, meta, tiling, rows, out_dtype.itemsize)
+    kernel = functools.partial(_tgmm_kernel, tm=tiling.tm, gather=rows is not None)
+    return _run(kernel, plan, tiling, [lhs, grad], jax.ShapeDtypeStruct((groups, k, n), out_dtype),
+                (tiling.tk, tiling.tn), None if rows is None else lhs, interpret)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
