@@ -111,7 +111,7 @@ def gmm_call(lhs, rhs, group_sizes, rows=None, tiles=(0, 0, 0), transpose_rhs=Fa
     """The gmm kernel (not differentiable; `gmm` below adds the VJP). rows [M] reads lhs[rows]."""
     m = lhs.shape[0] if rows is None else rows.shape[0]
     n = rhs.shape[1] if transpose_rhs else rhs.shape[2]
-    tiling = choose_tiling(m, lhs.shape[1], n, tiles)
+    tiling = choose_tiling(m, lhs.shape[1], n, tiles, lhs.dtype.itemsize)
     meta = work_items(group_sizes, m, tiling.tm, visit_empty=False)
     rows = None if rows is None else padded_rows(rows, m, tiling.tm)
     plan = gmm_plan(m, lhs.shape[1], rhs.shape, lhs.dtype.itemsize, meta, tiling, rows, transpose_rhs)
@@ -168,7 +168,7 @@ def tgmm(lhs, grad, group_sizes, rows=None, tiles=(0, 0, 0), out_dtype=None, int
     """[G, K, N] weight gradient: out[g] = Σ_{rows r of g} lhs[r]^T grad[r] (lhs[rows[r]] with rows)."""
     m, k, n = grad.shape[0], lhs.shape[1], grad.shape[1]
     groups = group_sizes.shape[0]
-    tiling = choose_tiling(m, k, n, tiles)
+    tiling = choose_tiling(m, k, n, tiles, lhs.dtype.itemsize, weight_grad=True)
     meta = work_items(group_sizes, m, tiling.tm, visit_empty=True)
     out_dtype = jnp.dtype(out_dtype or lhs.dtype)
     rows = None if rows is None else padded_rows(rows, m, tiling.tm)

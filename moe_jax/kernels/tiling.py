@@ -18,8 +18,8 @@ import numpy as np
 from moe_jax.errors import ConfigError
 
 DEFAULT_TILE_M = 512  # rows of the left-hand side per tile
-PREFERRED_TILES = (512, 256, 128)  # for K and N: the largest that divides the dimension
 FULL_K_LIMIT = 4096  # contract over the whole K in one step up to this width (weights read once)
+VMEM_BUDGET = 32 << 20  # working set the defaults aim for off TPU (half of a 64 MiB-VMEM chip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +31,35 @@ class Tiling:
     tn: int
 
 
-def _divisor_tile(dim: int) -> int:
-    return next((t for t in PREFERRED_TILES if dim % t == 0), dim)
+def _column_tiles(dim: int) -> list[int]:
+    """Candidate tiles for a column dimension, largest first: dim itself, then its divisors that are multiples of 128."""
+    return [dim] + [t for t in range(dim - dim % 128, 127, -128) if dim % t == 0 and t != dim]
+
+
+def _k_tile(k: int) -> int:
+    if k <= FULL_K_LIMIT:
+        return k
+    fitting = [t for t in _column_tiles(k)[1:] if t <= FULL_K_LIMIT]
+    return fitting[0] if fitting else k
+
+
+def vmem_budget() -> int:
+    """Working-set bytes the default tiles may use: half the TPU core's VMEM, VMEM_BUDGET elsewhere."""
+    from moe_jax.kernels.gather import on_tpu
+
+    if on_tpu():
+        from jax.experimental.pallas import tpu as pltpu
+
+        return pltpu.get_tpu_info().vmem_capacity_bytes // 2
+    return VMEM_BUDGET
+
+
+def working_set(tm: int, tk: int, tn: int, itemsize: int, weight_grad: bool = False) -> int:
+    """VMEM bytes of one grid step: double-buffered lhs, rhs (or grad) and output blocks, the f32
+    accumulator and the row-gather buffer. weight_grad: tgmm, whose output and accumulator are [tk, tn]."""
+    out = tk * tn if weight_grad else tm * tn
+    other = tm * tn if weight_grad else tk * tn
+    return itemsize * (3 * tm * tk + 2 * other + 2 * out) + 4 * out
 
 
 def _check_tile(name: str, tile: int, dim: int) -> int:
@@ -52,16 +79,24 @@ def _check_tile(name: str, tile: int, dim: int) -> int:
     return tile
 
 
-def choose_tiling(m: int, k: int, n: int, tiles: Sequence[int] = (0, 0, 0)) -> Tiling:
+def choose_tiling(m: int, k: int, n: int, tiles: Sequence[int] = (0, 0, 0), itemsize: int = 2,
+                  weight_grad: bool = False, budget: int | None = None) -> Tiling:
     """Tiles for lhs [m, k] @ rhs [k, n]; `tiles` = (tile_m, tile_k, tile_n) with 0 = per-shape default.
 
-    Defaults: tm = 512 (fewer for small m, rounded up to 8), tk = the whole k up to 4096 (so each
-    expert's weights are read once per column tile), tn = the largest of 512/256/128 dividing n.
+    Defaults: tm = 512 (fewer for small m, rounded up to 8); tk = the whole k up to 4096 (each
+    expert's weights are then read once per column tile); tn = the widest divisor of n (n itself,
+    then multiples of 128) whose `working_set` fits the VMEM budget, so that the left-hand side is
+    read as few times as possible (once when tn = n).
     """
-    tile_m, tile_k, tile_n = (_check_tile(name, t, dim) for name, t, dim in zip(("tile_m", "tile_k", "tile_n"), tiles, (m, k, n)))
+    names = ("tile_m", "tile_k", "tile_n")
+    tile_m, tile_k, tile_n = (_check_tile(name, t, dim) for name, t, dim in zip(names, tiles, (m, k, n)))
     tm = tile_m or min(DEFAULT_TILE_M, -(-m // 8) * 8)
-    tk = tile_k or (k if k <= FULL_K_LIMIT else _divisor_tile(k))
-    tn = tile_n or _divisor_tile(n)
+    tk = tile_k or _k_tile(k)
+    if tile_n:
+        return Tiling(tm, tk, tile_n)
+    budget = vmem_budget() if budget is None else budget
+    candidates = _column_tiles(n)
+    tn = next((t for t in candidates if working_set(tm, tk, t, itemsize, weight_grad) <= budget), candidates[-1])
     return Tiling(tm, tk, tn)
 
 
@@ -128,5 +163,5 @@ class KernelPlan:
 
 
 def vmem_limit(plan: KernelPlan, scratch_bytes: int) -> int:
-    """The scoped-VMEM limit to ask Mosaic for: twice the blocks + scratch, at least 32 MiB."""
-    return max(32 << 20, 2 * (plan.vmem_bytes() + scratch_bytes))
+    """The scoped-VMEM limit to ask Mosaic for: blocks + scratch + a quarter and 4 MiB of headroom, >= 32 MiB."""
+    return max(32 << 20, (plan.vmem_bytes() + scratch_bytes) * 5 // 4 + (4 << 20))
