@@ -32,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from moe_jax.kernels import get_dispatch, ragged_dot_triton, resolve_dispatch  # noqa: E402
+from moe_jax.kernels import TRITON_FLAG, get_dispatch, ragged_dot_triton, resolve_dispatch  # noqa: E402
 from moe_jax.kernels.fused import expert_order, pallas_moe  # noqa: E402
 from moe_jax.kernels.gmm import gmm, tgmm  # noqa: E402
 
@@ -101,7 +101,7 @@ def timings(tokens, d_model, ffn, experts, backend) -> dict:
     buffers = jnp.take(x, jnp.arange(experts * c) % tokens, axis=0).reshape(experts, c, d_model)
     ms = {"ragged_dot": timed_ms(jax.jit(lambda a, b: jax.lax.ragged_dot(jnp.take(a, rows, axis=0), b, sizes)), x, wg),
           "capacity_einsum": timed_ms(jax.jit(lambda a, b: jnp.einsum("ecd,edf->ecf", a, b)), buffers, wg)}
-    if backend == "gpu":
+    if backend == "gpu" and hasattr(jax.config, TRITON_FLAG):
         with ragged_dot_triton(True):
             ms["ragged_dot_triton"] = timed_ms(
                 jax.jit(lambda a, b: jax.lax.ragged_dot(jnp.take(a, rows, axis=0), b, sizes)), x, wg)

@@ -42,6 +42,8 @@ def ragged_dot_triton(enabled: bool):
     """While tracing, lower jax.lax.ragged_dot on GPU through Pallas-Triton (the JAX flag TRITON_FLAG)."""
     import jax
 
+    if not hasattr(jax.config, TRITON_FLAG):
+        raise ConfigError(f"model.ragged_dot_triton = true needs JAX's {TRITON_FLAG}, which JAX {jax.__version__} lacks")
     before = getattr(jax.config, TRITON_FLAG)
     jax.config.update(TRITON_FLAG, bool(enabled))
     try:

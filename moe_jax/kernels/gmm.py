@@ -19,8 +19,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from moe_jax.kernels.gather import block_spec, gather_sum, gather_tile, on_tpu
-from moe_jax.kernels.groups import max_work_items, work_items
+from moe_jax.kernels.groups import ACTIVE, max_work_items, work_items
 from moe_jax.kernels.tiling import KernelPlan, Operand, choose_tiling, vmem_limit
+
 
 def _rows_in_group(group, tile, offsets, w, tm: int, width: int):
     """[tm, width] mask: rows of this work item's tile that belong to its group."""
@@ -67,7 +68,7 @@ def _plan(grid, meta, blocked, lhs: Operand, rows, tiling, itemsize: int, work_a
     """A plan whose lhs is blocked, or (rows given) gathered row by row through the scalar `rows`."""
     if rows is None:
         return KernelPlan(grid, meta.scalars(), [lhs, *blocked])
-    active = lambda *ids: ids[work_axis] < ids[len(grid) + 4][0]  # noqa: E731  (scalar 4 = active)
+    active = lambda *ids: ids[work_axis] < ids[len(grid) + ACTIVE][0]  # noqa: E731  (grid ids, then scalars)
     return KernelPlan(grid, (*meta.scalars(), rows), blocked, active, gather_bytes=tiling.tm * tiling.tk * itemsize)
 
 

@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 
 
+ACTIVE = 4  # position of `active` in WorkItems.scalars()
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkItems:
     """Scalar-prefetch metadata of a grouped grid (all int32).

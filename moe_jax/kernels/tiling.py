@@ -50,7 +50,8 @@ def vmem_budget() -> int:
     if on_tpu():
         from jax.experimental.pallas import tpu as pltpu
 
-        return pltpu.get_tpu_info().vmem_capacity_bytes // 2
+        info = getattr(pltpu, "get_tpu_info", None)  # absent in some JAX versions
+        return info().vmem_capacity_bytes // 2 if info else VMEM_BUDGET
     return VMEM_BUDGET
 
 
