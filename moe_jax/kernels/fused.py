@@ -5,8 +5,8 @@
     h = silu(a) ⊙ b;  ys = gmm(h, W_down)          # [T·K, D] in expert order
     y[t] = Σ_k gate[t, k] · ys[inverse[t, k]]      # gather_sum: combine without scatter-add
 
-The backward passes are gathers too: dx sums each token's K rows of the input gradient through
-`inverse`, d ys reads dy through `rows` scaled by the gates.
+The backward passes are gathers too: dx sums each token's K rows of the gate and up input
+gradients (added in expert order) through `inverse`; d ys reads dy through `rows` scaled by the gates.
 """
 
 from __future__ import annotations
@@ -66,8 +66,7 @@ def pallas_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None 
     rows, order, inverse, group_sizes = expert_order(expert_idx, e)
     tiles = tuple(int(v) for v in tiles)
     project = partial(gmm, group_sizes=group_sizes, tiles=tiles, interpret=interpret)
-    a = project(x, w_gate, rows=rows, inverse=inverse)  # [TK, F]
-    b = project(x, w_up, rows=rows, inverse=inverse)  # [TK, F]
+    a, b = project(x, (w_gate, w_up), rows=rows, inverse=inverse)  # [TK, F] each
     ys = project(jax.nn.silu(a) * b, w_down)  # [TK, D]
     y = combine(ys, inverse, order, gates, tiles[0], interpret)  # [T, D]
     return y, jnp.ones((t, k), bool)

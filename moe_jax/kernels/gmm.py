@@ -179,29 +179,39 @@ def tgmm(lhs, grad, group_sizes, rows=None, tiles=(0, 0, 0), out_dtype=None, int
                 (tiling.tk, tiling.tn), None if rows is None else lhs, interpret)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def gmm(lhs, rhs, group_sizes, rows=None, inverse=None, tiles=(0, 0, 0), interpret=None):
     """Differentiable grouped matmul [M, N]; rows are contiguous per group (as in jax.lax.ragged_dot).
 
     With rows [M] (source row of each product row, grouped) and inverse [R, C] (product row of each
     of the C copies of source row r; M = R·C), lhs [R, K] is read through rows and its gradient is
-    gathered back through inverse. tiles = (tile_m, tile_k, tile_n), 0 = per-shape default.
+    gathered back through inverse. rhs may be a tuple of [G, K, N] weights sharing lhs (a tuple of
+    outputs then): their input gradients are summed in expert order and gathered back once.
+    tiles = (tile_m, tile_k, tile_n), 0 = per-shape default.
     """
-    return gmm_call(lhs, rhs, group_sizes, rows, tiles, interpret=interpret)
+    several = isinstance(rhs, (tuple, list))
+    outs = _gmm(lhs, tuple(rhs) if several else (rhs,), group_sizes, rows, inverse, tuple(tiles), interpret)
+    return outs if several else outs[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _gmm(lhs, rhs: tuple, group_sizes, rows, inverse, tiles, interpret):
+    return tuple(gmm_call(lhs, w, group_sizes, rows, tiles, interpret=interpret) for w in rhs)
 
 
 def _gmm_fwd(lhs, rhs, group_sizes, rows, inverse, tiles, interpret):
-    return gmm_call(lhs, rhs, group_sizes, rows, tiles, interpret=interpret), (lhs, rhs, group_sizes, rows, inverse)
+    return _gmm(lhs, rhs, group_sizes, rows, inverse, tiles, interpret), (lhs, rhs, group_sizes, rows, inverse)
 
 
-def _gmm_bwd(tiles, interpret, residuals, grad):
+def _gmm_bwd(tiles, interpret, residuals, grads):
     lhs, rhs, group_sizes, rows, inverse = residuals
-    d_rows = gmm_call(grad, rhs, group_sizes, None, tiles, transpose_rhs=True, interpret=interpret)  # [M, K]
+    d_rows = sum(gmm_call(g, w, group_sizes, None, tiles, transpose_rhs=True, interpret=interpret)
+                 for g, w in zip(grads, rhs))  # [M, K], in expert order
     d_lhs = d_rows
     if rows is not None:  # each source row sums the gradients of its copies
         d_lhs = gather_sum(d_rows, inverse, jnp.ones(inverse.shape, jnp.float32), tiles[0], interpret)
-    d_rhs = tgmm(lhs, grad, group_sizes, rows, tiles, out_dtype=rhs.dtype, interpret=interpret)
+    d_rhs = tuple(tgmm(lhs, g, group_sizes, rows, tiles, out_dtype=w.dtype, interpret=interpret)
+                  for g, w in zip(grads, rhs))
     return d_lhs, d_rhs, None, None, None
 
 
-gmm.defvjp(_gmm_fwd, _gmm_bwd)
+_gmm.defvjp(_gmm_fwd, _gmm_bwd)
