@@ -101,11 +101,12 @@ def choose_tiling(m: int, k: int, n: int, tiles: Sequence[int] = (0, 0, 0), item
     return Tiling(tm, tk, tn)
 
 
-def check_tiles(tiles: Sequence[int]) -> None:
-    """Validate (tile_m, tile_k, tile_n) of a config before any shape is known."""
-    for name, tile in zip(("tile_m", "tile_k", "tile_n"), tiles):
-        if tile:
-            _check_tile(name, tile, tile if name != "tile_m" else 0)
+def check_tiles(tiles: Sequence[int], widths: Sequence[int]) -> None:
+    """Validate (tile_m, tile_k, tile_n) of a config against the model's column widths (D and F)."""
+    _check_tile("tile_m", tiles[0], 0)
+    for name, tile in zip(("tile_k", "tile_n"), tiles[1:]):
+        for width in widths:
+            _check_tile(name, tile, width)
 
 
 @dataclasses.dataclass

@@ -95,4 +95,4 @@ def validate_model_config(cfg) -> None:
     for field in ("final_norm", "ragged_dot_triton"):
         if not isinstance(cfg[field], bool):
             raise ConfigError(f"model.{field} = {cfg[field]!r} must be true or false")
-    check_tiles((cfg.tile_m, cfg.tile_k, cfg.tile_n))
+    check_tiles((cfg.tile_m, cfg.tile_k, cfg.tile_n), (cfg.d_model, cfg.ffn_hidden))
