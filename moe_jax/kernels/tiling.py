@@ -43,16 +43,22 @@ def _k_tile(k: int) -> int:
     return fitting[0] if fitting else k
 
 
-def vmem_budget() -> int:
-    """Working-set bytes the default tiles may use: half the TPU core's VMEM, VMEM_BUDGET elsewhere."""
+def vmem_capacity() -> int:
+    """VMEM bytes of the TPU core this runs on; off TPU, 2 · VMEM_BUDGET (a 64 MiB chip is assumed)."""
     from moe_jax.kernels.gather import on_tpu
 
     if on_tpu():
         from jax.experimental.pallas import tpu as pltpu
 
         info = getattr(pltpu, "get_tpu_info", None)  # absent in some JAX versions
-        return info().vmem_capacity_bytes // 2 if info else VMEM_BUDGET
-    return VMEM_BUDGET
+        if info is not None:
+            return info().vmem_capacity_bytes
+    return 2 * VMEM_BUDGET
+
+
+def vmem_budget() -> int:
+    """Working-set bytes the default tiles may use: half the core's VMEM."""
+    return vmem_capacity() // 2
 
 
 def working_set(tm: int, tk: int, tn: int, itemsize: int, weight_grad: bool = False) -> int:
@@ -165,5 +171,6 @@ class KernelPlan:
 
 
 def vmem_limit(plan: KernelPlan, scratch_bytes: int) -> int:
-    """The scoped-VMEM limit to ask Mosaic for: blocks + scratch + a quarter and 4 MiB of headroom, >= 32 MiB."""
-    return max(32 << 20, (plan.vmem_bytes() + scratch_bytes) * 5 // 4 + (4 << 20))
+    """The scoped-VMEM limit to ask Mosaic for: blocks + scratch + a quarter and 4 MiB of headroom,
+    at least 32 MiB, at most the core's VMEM."""
+    return min(vmem_capacity(), max(32 << 20, (plan.vmem_bytes() + scratch_bytes) * 5 // 4 + (4 << 20)))
