@@ -108,14 +108,15 @@ def test_rows_read_through_an_index_equal_the_permuted_product():
         return jax.lax.ragged_dot(jnp.take(src, rows, axis=0), rhs, sizes)
 
     close(jax.jit(ours)(src, rhs), ref(src, rhs))
-    grads = [jax.grad(lambda s, w, f=f: jnp.sum(f(s, w) * probe), argnums=(0, 1))(src, rhs) for f in (jax.jit(ours), ref)]
+    grads = [jax.grad(lambda s, w, f=f: jnp.sum(f(s, w) * probe), argnums=(0, 1))(src, rhs)
+             for f in (jax.jit(ours), ref)]
     for got, want in zip(*grads):
         close(got, want)
 
 
 def test_gather_sum_weights_each_picked_row():
     src = jax.random.normal(jax.random.key(5), (30, 16))
-    index = jnp.asarray(np.random.default_rng(1).integers(0, 30, size=(11, 3)), jnp.int32)  # T = 11: not a tile multiple
+    index = jnp.asarray(np.random.default_rng(1).integers(0, 30, size=(11, 3)), jnp.int32)  # T = 11: 1 tile + 3
     weight = jax.random.uniform(jax.random.key(6), (11, 3))
     want = np.einsum("tk,tkd->td", np.asarray(weight), np.asarray(src)[np.asarray(index)])
     close(jax.jit(functools.partial(gather_sum, tile_m=TM))(src, index, weight), want)

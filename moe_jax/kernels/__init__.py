@@ -43,7 +43,9 @@ def ragged_dot_triton(enabled: bool):
     import jax
 
     if not hasattr(jax.config, TRITON_FLAG):
-        raise ConfigError(f"model.ragged_dot_triton = true needs JAX's {TRITON_FLAG}, which JAX {jax.__version__} lacks")
+        raise ConfigError(
+            f"model.ragged_dot_triton = true needs JAX's {TRITON_FLAG}, which JAX {jax.__version__} lacks"
+        )
     before = getattr(jax.config, TRITON_FLAG)
     jax.config.update(TRITON_FLAG, bool(enabled))
     try:

@@ -5,7 +5,8 @@
 
 It brings the experts' outputs back to token order (index = each assignment's row in expert order,
 weight = its gate), and is the backward of a gmm that read its rows through an index: both are
-gathers, so no scatter-add is needed anywhere. Rows are copied one DMA each from HBM into VMEM; the index array is prefetched into SMEM.
+gathers, so no scatter-add is needed anywhere. Rows are copied one DMA each from HBM into VMEM;
+the index array is prefetched into SMEM.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class Tiling:
 
 
 def _column_tiles(dim: int) -> list[int]:
-    """Candidate tiles for a column dimension, largest first: dim itself, then its divisors that are multiples of 128."""
+    """Candidate tiles for a column dimension, largest first: dim, then its divisors that are multiples of 128."""
     return [dim] + [t for t in range(dim - dim % 128, 127, -128) if dim % t == 0 and t != dim]
 
 

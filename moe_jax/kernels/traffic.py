@@ -29,7 +29,8 @@ class _Layer:
     """Byte counts of the kernels of one layer shape (balanced top-k routing)."""
 
     def __init__(self, tokens, d_model, ffn, experts, top_k, itemsize, tiles):
-        self.t, self.d, self.f, self.e, self.k, self.b, self.tiles = tokens, d_model, ffn, experts, top_k, itemsize, tiles
+        self.t, self.d, self.f, self.e, self.k = tokens, d_model, ffn, experts, top_k
+        self.b, self.tiles = itemsize, tiles
         self.m = tokens * top_k
         sizes = np.full(experts, self.m // experts, np.int32)
         sizes[: self.m % experts] += 1
@@ -77,8 +78,9 @@ def backward_bytes(layer: _Layer) -> dict[str, tuple[int, int]]:
         "d ys, d gates": (layer.gather_sum(m, 1) + d_gates, (tok + 4 * m + act) + d_gates + (idx + 2 * act)),
         "gmm down backward": (layer.gmm(d, f, transpose_rhs=True) + layer.tgmm(f, d),) * 2,
         "SwiGLU backward": (5 * hid,) * 2,
-        "gmm gate + up backward": (2 * (layer.gmm(f, d, transpose_rhs=True) + layer.tgmm(d, f, gathered=True)) + 3 * act,
-                                   2 * (layer.gmm(f, d, transpose_rhs=True) + layer.tgmm(d, f)) + 3 * act),
+        "gmm gate + up backward": tuple(  # two gmm^T, two tgmm, the sum of the two input gradients
+            2 * (layer.gmm(f, d, transpose_rhs=True) + layer.tgmm(d, f, gathered=fused)) + 3 * act
+            for fused in (True, False)),
         "d x back to tokens": (layer.gather_sum(layer.t, layer.k), act + idx + tok),
     }
 

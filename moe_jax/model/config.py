@@ -32,7 +32,7 @@ def fill_model_defaults(cfg, **overrides):
     cfg.top_k = 1  # experts per token (token choice; paper: 1)
     cfg.capacity_factor_train = 1.0  # capacity = int(CF * tokens * k / E) per expert when train=True
     cfg.capacity_factor_eval = 1.5  # the same when train=False (paper evaluates with 1.5)
-    cfg.dispatch = "capacity"  # capacity | dropless (ragged_dot) | pallas | megablox (TPU) | onehot | loop (tests) | auto
+    cfg.dispatch = "capacity"  # capacity | dropless (ragged_dot) | pallas | megablox (TPU) | onehot | loop | auto
     cfg.tile_m = 0  # Pallas kernels' row tile (multiple of 8); 0 = per-shape default (moe_jax/kernels/tiling.py)
     cfg.tile_k = 0  # contraction tile (divides D and F, multiple of 128); 0 = per-shape default
     cfg.tile_n = 0  # output-column tile (divides D and F, multiple of 128); 0 = per-shape default
