@@ -117,7 +117,7 @@ def test_positions_are_ranks_in_token_major_order():
 def test_unknown_dispatch_is_a_config_error():
     with pytest.raises(ConfigError, match="capacity, dropless, onehot, loop"):
         get_dispatch("fast")
-    assert set(DISPATCH_NAMES) == {"capacity", "dropless", "onehot", "loop"}
+    assert set(DISPATCH_NAMES) == {"capacity", "dropless", "onehot", "loop", "pallas", "megablox", "auto"}
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_info(config, seq_len: int) -> dict:
     """The model-info record of a loaded config (model section validated, counted via eval_shape)."""
+    from moe_jax.kernels import resolve_dispatch
     from moe_jax.model import count_params, validate_model_config
 
     m = config.model
@@ -31,6 +32,7 @@ def model_info(config, seq_len: int) -> dict:
     return {
         "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads, "head_dim": m.head_dim,
         "ffn_hidden": m.ffn_hidden, "experts": m.experts, "top_k": m.top_k, "vocab": m.vocab_size,
+        "dispatch": resolve_dispatch(m.dispatch),  # `auto` resolved for the backend this runs on
         **counts,
         "seq_len": seq_len,
         "flops_per_token": six_n,

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import ml_collections
-
 from moe_jax.errors import ConfigError
+from moe_jax.kernels import DISPATCH_NAMES
+from moe_jax.kernels.tiling import check_tiles
 from moe_jax.scaling import constants
 from moe_jax.scaling.counting import ModelShape
 
-DISPATCHES = ("capacity", "dropless", "onehot", "loop")
 NORMS = ("layernorm", "rmsnorm")
 DTYPES = ("float32", "bfloat16")
 EXPERT_DOWN_FAN_INS = ("experts", "ffn")
 
 
-def model_config(**overrides) -> ml_collections.ConfigDict:
-    """Defaults of the model section (SPEC §3, §5: a d512 dense model); `overrides` replace fields."""
-    cfg = ml_collections.ConfigDict()
+def model_config(**overrides):
+    """Defaults of the model section (SPEC §3, §5: a d512 dense model) as an ml_collections.ConfigDict."""
+    import ml_collections  # imported here so that fill_model_defaults works without it
+
+    return fill_model_defaults(ml_collections.ConfigDict(), **overrides)
+
+
+def fill_model_defaults(cfg, **overrides):
+    """Set every model field of `cfg` (any attribute/item container) to its default; `overrides` replace fields."""
     cfg.vocab_size = constants.PAPER_VOCAB  # tokens in the vocabulary (GPT-2 BPE in the paper)
     cfg.d_model = 512  # residual stream width D
     cfg.n_layers = 8  # transformer blocks (paper: d_model / 64)
@@ -27,7 +32,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.top_k = 1  # experts per token (token choice; paper: 1)
     cfg.capacity_factor_train = 1.0  # capacity = int(CF * tokens * k / E) per expert when train=True
     cfg.capacity_factor_eval = 1.5  # the same when train=False (paper evaluates with 1.5)
-    cfg.dispatch = "capacity"  # token dispatch: capacity | dropless (no capacity) | onehot | loop (tests only)
+    cfg.dispatch = "capacity"  # capacity | dropless (ragged_dot) | pallas | megablox (TPU) | onehot | loop | auto
+    cfg.tile_m = 0  # Pallas kernels' row tile (multiple of 8); 0 = per-shape default (moe_jax/kernels/tiling.py)
+    cfg.tile_k = 0  # contraction tile (divides D and F, multiple of 128); 0 = per-shape default
+    cfg.tile_n = 0  # output-column tile (divides D and F, multiple of 128); 0 = per-shape default
+    cfg.ragged_dot_triton = False  # GPU: lower ragged_dot (dispatch dropless/auto) via Pallas-Triton
     cfg.norm = "layernorm"  # pre-norm type: layernorm (scale + bias, eps 1e-5) | rmsnorm (scale)
     cfg.final_norm = False  # norm before the output head (the authors' code has none)
     cfg.rope_base = 10000.0  # RoPE base frequency
@@ -46,7 +55,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def paper_shape(d_model: int, experts: int = 1, n_layers: int | None = None, n_heads: int | None = None,
-                **overrides) -> ml_collections.ConfigDict:
+                **overrides):
     """The paper's shape rule: layers = heads = d/64, head dim d/heads, SwiGLU hidden 3·d."""
     if d_model % constants.PAPER_HEAD_DIM or d_model % (n_heads or 1):
         raise ConfigError(f"paper shape rule needs d_model divisible by 64 and by n_heads, got {d_model}, {n_heads}")
@@ -78,10 +87,12 @@ def validate_model_config(cfg) -> None:
     for field in ("load_balance_weight", "z_loss_weight"):
         if not float(cfg[field]) >= 0:
             raise ConfigError(f"model.{field} = {cfg[field]!r} must be >= 0")
-    _choice(cfg, "dispatch", DISPATCHES)
+    _choice(cfg, "dispatch", DISPATCH_NAMES)
     _choice(cfg, "norm", NORMS)
     _choice(cfg, "compute_dtype", DTYPES)
     _choice(cfg, "param_dtype", DTYPES)
     _choice(cfg, "expert_down_fan_in", EXPERT_DOWN_FAN_INS)
-    if not isinstance(cfg.final_norm, bool):
-        raise ConfigError(f"model.final_norm = {cfg.final_norm!r} must be true or false")
+    for field in ("final_norm", "ragged_dot_triton"):
+        if not isinstance(cfg[field], bool):
+            raise ConfigError(f"model.{field} = {cfg[field]!r} must be true or false")
+    check_tiles((cfg.tile_m, cfg.tile_k, cfg.tile_n), (cfg.d_model, cfg.ffn_hidden))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from moe_jax.kernels import DROPPING, get_dispatch
+from moe_jax.kernels import DROPPING, get_dispatch, resolve_dispatch
 from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
 from moe_jax.model.router import Router, router_stats
 
@@ -27,7 +27,9 @@ class MoE(nnx.Module):
         self.w_down = truncated_param(keys, (e, f, d), down_fan_in, cfg, ("exp", "mlp", "embed"))
         self.experts, self.top_k = e, cfg.top_k
         self.cf_train, self.cf_eval = float(cfg.capacity_factor_train), float(cfg.capacity_factor_eval)
-        self.dispatch = cfg.dispatch
+        self.dispatch = resolve_dispatch(cfg.dispatch)  # `auto` becomes this backend's choice here
+        self.tiles = (cfg.tile_m, cfg.tile_k, cfg.tile_n)
+        self.ragged_dot_triton = bool(cfg.ragged_dot_triton)
         self.dtype = DTYPES[cfg.compute_dtype]
 
     def __call__(self, x, train: bool = True):
@@ -40,7 +42,7 @@ class MoE(nnx.Module):
             cf = self.cf_train if train else self.cf_eval
             capacity = expert_capacity(b * s, self.experts, self.top_k, cf)
         w = lambda p: p[...].astype(self.dtype)  # noqa: E731
-        y, kept = get_dispatch(self.dispatch)(
+        y, kept = get_dispatch(self.dispatch, self.tiles, self.ragged_dot_triton)(
             tokens, expert_idx, gates, w(self.w_gate), w(self.w_up), w(self.w_down), capacity
         )
         return y.reshape(b, s, d).astype(x.dtype), router_stats(logits, probs, expert_idx, kept)
