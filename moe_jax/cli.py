@@ -83,7 +83,8 @@ class _OneLineParser(argparse.ArgumentParser):
     and reads a negative number after an option as that option's value."""
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse API
-        return super().parse_known_args(attach_negative_numbers(list(sys.argv[1:] if args is None else args)), namespace)
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(attach_negative_numbers(args), namespace)
 
     def error(self, message: str):  # noqa: D102 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

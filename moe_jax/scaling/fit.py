@@ -26,8 +26,8 @@ from moe_jax.scaling.law import CHINCHILLA_KEYS, JOINT_KEYS
 from moe_jax.scaling.optimal import compute_optimal_closed_form
 
 WEIGHT_MODES = ("paper", "none")
-DERIVED_FLOPS = (1e20, 1e22)
-RUNS_PER_PARAMETER = 6  # fewer training runs per fitted parameter than this: a warning (sample_size_warnings)  # budgets at which bootstrap intervals of N* are reported
+DERIVED_FLOPS = (1e20, 1e22)  # budgets at which bootstrap intervals of N* are reported
+RUNS_PER_PARAMETER = 6  # fewer training runs per fitted parameter than this: a warning (sample_size_warnings)
 
 DEFAULTS = {
     "chinchilla": {"grid": "epoch", "heldout_lowest": 0, "huber_delta": constants.CHINCHILLA_HUBER_DELTA,

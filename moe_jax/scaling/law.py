@@ -166,7 +166,8 @@ def load_law(spec: str) -> ChinchillaLaw | JointLaw:
             f"unknown coefficient set {spec!r}: use one of {', '.join(NAMED_SETS)} or a JSON file from `moe-jax fit`"
         )
     if path.is_dir():
-        raise UserError(f"coefficient path {spec} is a directory: give the fit.json inside it or one of {', '.join(NAMED_SETS)}")
+        raise UserError(f"coefficient path {spec} is a directory: give the fit.json inside it or one of "
+                        f"{', '.join(NAMED_SETS)}")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
