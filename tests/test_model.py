@@ -136,6 +136,30 @@ def test_router_stats_match_the_paper_formulas():
     np.testing.assert_allclose(s["dropped_fraction"], 1 / 6, rtol=1e-6)
 
 
+def test_load_balance_loss_at_top2_divides_counts_by_tokens():
+    """SPEC §5 at K = 2: 0.01·E·Σ_e mean_t(p_e)·(count_e / T), counts of both choices before dropping.
+    Dividing by T·K instead (the shares in expert_load) would halve it."""
+    t, e = 10, 4
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(t, e)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # [T, E]
+    top2 = np.argsort(-probs, axis=1)[:, :2]  # [T, 2]
+    counts = np.array([(top2 == i).sum() for i in range(e)])  # [E]
+    expected = e * np.sum(probs.mean(0) * counts / t)
+    kept = np.ones((t, 2), bool)
+    kept[:3, 1] = False  # dropping does not change the counts
+    s = router_stats(jnp.asarray(logits), jnp.asarray(probs), jnp.asarray(top2), jnp.asarray(kept))
+    np.testing.assert_allclose(s["load_balance_loss"], expected, rtol=1e-6)
+    np.testing.assert_allclose(s["expert_load"], counts / (2 * t), rtol=1e-6)
+    uniform = jnp.zeros((t, e))
+    s = router_stats(uniform, jax.nn.softmax(uniform), jnp.asarray(top2), jnp.asarray(kept))
+    np.testing.assert_allclose(s["load_balance_loss"], 2.0, rtol=1e-6)  # K for a uniform router
+    # The model sums it over its 2 layers; a freshly initialised router is near uniform: ≈ K · L = 4 (T·K: ≈ 2).
+    model = build_model(tiny(top_k=2, capacity_factor_train=4.0), nnx.Rngs(5))
+    _, aux = forward(model, tokens(b=1, s=12))
+    np.testing.assert_allclose(aux["load_balance_loss"], 4.0, rtol=0.1)
+
+
 def _std(model, name):
     leaves = {"/".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     return leaves, np.std(np.asarray(leaves[name]))
