@@ -218,3 +218,34 @@ def test_validation_names_the_field(field, value, match):
         validate_model_config(cfg)
     with pytest.raises(ConfigError, match="unknown model field"):
         model_config(d_modle=3)
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_nnx_norms_match_the_hand_formula_and_keep_names_and_axes(kind, compute_dtype):
+    """model.norms builds nnx.LayerNorm / nnx.RMSNorm: (x − mean)·rsqrt(var + 1e-5)·scale + bias in f32
+    (RMSNorm: no mean, no bias), returned in the input's dtype; params scale/bias [D] with logical axes."""
+    from moe_jax.model.norms import Norm
+
+    d = 48
+    norm = Norm(tiny(d_model=d, norm=kind, compute_dtype=compute_dtype))
+    assert isinstance(norm, nnx.LayerNorm if kind == "layernorm" else nnx.RMSNorm)
+    rng = np.random.default_rng(0)
+    scale, bias = rng.normal(size=d).astype(np.float32), rng.normal(size=d).astype(np.float32)
+    norm.scale[...] = jnp.asarray(scale)
+    if kind == "layernorm":
+        norm.bias[...] = jnp.asarray(bias)
+    x = jnp.asarray(rng.normal(size=(3, 5, d)) * 3 + 1, compute_dtype)
+    h = np.asarray(x, np.float32)
+    if kind == "layernorm":
+        h = h - h.mean(-1, keepdims=True)
+    want = h / np.sqrt((h * h).mean(-1, keepdims=True) + 1e-5) * scale + (bias if kind == "layernorm" else 0)
+    got = norm(x)
+    assert got.dtype == x.dtype
+    tol = 1e-5 if compute_dtype == "float32" else 1e-2  # bf16: the result is rounded to 8 bits of mantissa
+    np.testing.assert_allclose(np.asarray(got, np.float32), want.astype(x.dtype).astype(np.float32), rtol=tol, atol=tol)
+    params = dict(nnx.to_flat_state(nnx.state(norm, nnx.Param)))
+    names = {"scale", "bias"} if kind == "layernorm" else {"scale"}
+    assert {p[-1] for p in params} == names
+    for variable in params.values():
+        assert variable.get_metadata()["logical_axes"] == ("embed",) and variable[...].shape == (d,)
