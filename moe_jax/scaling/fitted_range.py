@@ -2,7 +2,7 @@
 
 One rule for `law` and `plan`:
   * no model matches the request → UserError (non-integer or < 1 experts; a d_model below one
-    64-dim head, i.e. under the smallest paper-shape model d64 / 1 layer);
+    64-dim head, i.e. under the smallest paper-shape model d64 / 1 layer: optimal.compute_optimal);
   * a model exists but lies outside the grid the joint law was fitted on (shapes d512..d2304,
     E 1..32) → the answer is given with a one-line warning that starts with "extrapolation:".
 A Chinchilla law is not checked against the joint law's grid (it has no E and its own data).
@@ -18,7 +18,6 @@ from moe_jax.scaling import constants, counting
 _SHAPES = sorted(constants.PAPER_SHAPES.items(), key=lambda kv: kv[1][0])
 SMALLEST_SHAPE, LARGEST_SHAPE = _SHAPES[0], _SHAPES[-1]  # (name, (d_model, layers, heads))
 MAX_FITTED_EXPERTS = max(constants.PAPER_EXPERTS)
-MIN_D_MODEL = constants.PAPER_HEAD_DIM  # one head of dim 64, one layer
 
 
 def shape_n_act(shape) -> float:
