@@ -141,13 +141,15 @@ def test_data_dir_that_is_a_file(capsys, tmp_path):
 
 @contextlib.contextmanager
 def read_only(directory, monkeypatch):
-    """Make `directory` unwritable: mode 0555; as root (which ignores modes) the immutable flag, else the
-    OS's answer to an unwritable directory is simulated at the one place the check writes."""
-    os.chmod(directory, 0o555)
+    """Make `directory` and everything below unwritable: directories 0555; as root (which ignores modes) the
+    immutable flag, else the OS's answer to an unwritable directory is simulated where the check writes."""
+    dirs = [directory, *(p for p in directory.rglob("*") if p.is_dir())]
+    for d in dirs:
+        os.chmod(d, 0o555)
     immutable = False
     try:
         if os.access(directory, os.W_OK):  # root
-            immutable = subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+            immutable = subprocess.run(["chattr", "-R", "+i", str(directory)], capture_output=True).returncode == 0
             if not immutable:
                 def refuse(path):
                     raise PermissionError(13, "Permission denied", str(path))
@@ -155,8 +157,9 @@ def read_only(directory, monkeypatch):
         yield
     finally:
         if immutable:
-            subprocess.run(["chattr", "-i", str(directory)], check=True)
-        os.chmod(directory, 0o755)
+            subprocess.run(["chattr", "-R", "-i", str(directory)], check=True)
+        for d in dirs:
+            os.chmod(d, 0o755)
 
 
 @pytest.mark.parametrize("action", ["prepare", "inspect"])
@@ -165,4 +168,20 @@ def test_read_only_data_dir(capsys, data_dir, monkeypatch, action):
     with read_only(data_dir, monkeypatch):
         rc, out, err = run_data(capsys, action, "--task", "fixture", "--vocab-path", "bytes", "--data-dir", data_dir)
     assert_one_line_error(rc, out, err, f"data.data_dir {data_dir} is not writable", "choose a writable directory")
+    assert snapshot(data_dir) == before
+
+
+def test_read_only_data_dir_still_serves_a_complete_cache(capsys, data_dir, monkeypatch):
+    """A prepared, read-only data directory (e.g. a shared mount) is read; only a split that still needs
+    building is refused, in one line."""
+    args = ["--task", "fixture", "--vocab-path", "bytes", "--data-dir", data_dir, "--seq-len", "32",
+            "--batches", "2", "--batch-size", "4", "--json"]
+    rc, out, err = run_data(capsys, "inspect", *args)  # builds the train split's cache
+    assert rc == 0, err
+    before = snapshot(data_dir)
+    with read_only(data_dir, monkeypatch):
+        rc, out, err = run_data(capsys, "inspect", *args)
+        assert rc == 0 and json.loads(out)["split"] == "train", err
+        rc, out, err = run_data(capsys, "inspect", *args, "--split", "heldout")
+    assert_one_line_error(rc, out, err, f"data.data_dir {data_dir} is not writable")
     assert snapshot(data_dir) == before
