@@ -56,8 +56,36 @@ def reject_extra(extra: list[str]) -> None:
         raise UserError(f"unrecognised arguments: {' '.join(extra)}")
 
 
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def attach_negative_numbers(argv: list[str]) -> list[str]:
+    """['--flops', '-1e22'] → ['--flops=-1e22']: a negative number after an option is its value.
+
+    argparse takes only '-1' or '-1.5' as numbers; '-1e22' or '-inf' would be read as an unknown flag.
+    """
+    out: list[str] = []
+    for token in argv:
+        prev = out[-1] if out else ""
+        if token.startswith("-") and _is_number(token) and prev.startswith("--") and "=" not in prev:
+            out[-1] = f"{prev}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (plus a pointer to --help), exit code 2."""
+    """argparse that reports a usage error as one line (plus a pointer to --help), exit code 2,
+    and reads a negative number after an option as that option's value."""
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse API
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(attach_negative_numbers(args), namespace)
 
     def error(self, message: str):  # noqa: D102 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -136,6 +136,30 @@ def test_router_stats_match_the_paper_formulas():
     np.testing.assert_allclose(s["dropped_fraction"], 1 / 6, rtol=1e-6)
 
 
+def test_load_balance_loss_at_top2_divides_counts_by_tokens():
+    """SPEC §5 at K = 2: 0.01·E·Σ_e mean_t(p_e)·(count_e / T), counts of both choices before dropping.
+    Dividing by T·K instead (the shares in expert_load) would halve it."""
+    t, e = 10, 4
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(t, e)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # [T, E]
+    top2 = np.argsort(-probs, axis=1)[:, :2]  # [T, 2]
+    counts = np.array([(top2 == i).sum() for i in range(e)])  # [E]
+    expected = e * np.sum(probs.mean(0) * counts / t)
+    kept = np.ones((t, 2), bool)
+    kept[:3, 1] = False  # dropping does not change the counts
+    s = router_stats(jnp.asarray(logits), jnp.asarray(probs), jnp.asarray(top2), jnp.asarray(kept))
+    np.testing.assert_allclose(s["load_balance_loss"], expected, rtol=1e-6)
+    np.testing.assert_allclose(s["expert_load"], counts / (2 * t), rtol=1e-6)
+    uniform = jnp.zeros((t, e))
+    s = router_stats(uniform, jax.nn.softmax(uniform), jnp.asarray(top2), jnp.asarray(kept))
+    np.testing.assert_allclose(s["load_balance_loss"], 2.0, rtol=1e-6)  # K for a uniform router
+    # The model sums it over its 2 layers; a freshly initialised router is near uniform: ≈ K · L = 4 (T·K: ≈ 2).
+    model = build_model(tiny(top_k=2, capacity_factor_train=4.0), nnx.Rngs(5))
+    _, aux = forward(model, tokens(b=1, s=12))
+    np.testing.assert_allclose(aux["load_balance_loss"], 4.0, rtol=0.1)
+
+
 def _std(model, name):
     leaves = {"/".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     return leaves, np.std(np.asarray(leaves[name]))
@@ -194,3 +218,34 @@ def test_validation_names_the_field(field, value, match):
         validate_model_config(cfg)
     with pytest.raises(ConfigError, match="unknown model field"):
         model_config(d_modle=3)
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_nnx_norms_match_the_hand_formula_and_keep_names_and_axes(kind, compute_dtype):
+    """model.norms builds nnx.LayerNorm / nnx.RMSNorm: (x − mean)·rsqrt(var + 1e-5)·scale + bias in f32
+    (RMSNorm: no mean, no bias), returned in the input's dtype; params scale/bias [D] with logical axes."""
+    from moe_jax.model.norms import Norm
+
+    d = 48
+    norm = Norm(tiny(d_model=d, norm=kind, compute_dtype=compute_dtype))
+    assert isinstance(norm, nnx.LayerNorm if kind == "layernorm" else nnx.RMSNorm)
+    rng = np.random.default_rng(0)
+    scale, bias = rng.normal(size=d).astype(np.float32), rng.normal(size=d).astype(np.float32)
+    norm.scale[...] = jnp.asarray(scale)
+    if kind == "layernorm":
+        norm.bias[...] = jnp.asarray(bias)
+    x = jnp.asarray(rng.normal(size=(3, 5, d)) * 3 + 1, compute_dtype)
+    h = np.asarray(x, np.float32)
+    if kind == "layernorm":
+        h = h - h.mean(-1, keepdims=True)
+    want = h / np.sqrt((h * h).mean(-1, keepdims=True) + 1e-5) * scale + (bias if kind == "layernorm" else 0)
+    got = norm(x)
+    assert got.dtype == x.dtype
+    tol = 1e-5 if compute_dtype == "float32" else 1e-2  # bf16: the result is rounded to 8 bits of mantissa
+    np.testing.assert_allclose(np.asarray(got, np.float32), want.astype(x.dtype).astype(np.float32), rtol=tol, atol=tol)
+    params = dict(nnx.to_flat_state(nnx.state(norm, nnx.Param)))
+    names = {"scale", "bias"} if kind == "layernorm" else {"scale"}
+    assert {p[-1] for p in params} == names
+    for variable in params.values():
+        assert variable.get_metadata()["logical_axes"] == ("embed",) and variable[...].shape == (d,)

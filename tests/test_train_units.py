@@ -259,3 +259,47 @@ def test_smooth_is_a_trailing_moving_average():
     np.testing.assert_allclose(smooth(x, 1), x)
     np.testing.assert_allclose(smooth(x, 99), np.cumsum(x) / np.arange(1, 6))  # window longer than the data
     np.testing.assert_allclose(smooth(x, 0), x)
+
+
+def _gpt2_bpe_dir(path: Path, size: int = 50257) -> Path:
+    """A stand-in GPT-2 BPE directory with the real vocabulary size (ids 0..50255 + <|endoftext|> = 50256)."""
+    import json
+
+    path.mkdir()
+    encoder = {f"t{i}": i for i in range(size - 1)} | {"<|endoftext|>": size - 1}
+    (path / "encoder.json").write_text(json.dumps(encoder))
+    (path / "vocab.bpe").write_text("#version: 0.2\nt 0\n")
+    return path
+
+
+def test_paper_config_requires_gpt2_bpe_and_counts_only_used_rows(tmp_path):
+    """configs/paper.py: V = 50257 with the committed 8k vocabulary is refused, naming data.vocab_path;
+    with a 50257-token GPT-2 BPE vocabulary N_act is the paper's 13·d²·L + 2·V·d exactly."""
+    from moe_jax.configlib import load_config
+    from moe_jax.data import get_vocabulary
+    from moe_jax.model import count_params
+    from moe_jax.scaling import counting
+
+    config = load_config("configs/paper.py:d512_E1")
+    with pytest.raises(ConfigError, match=r"model\.vocab_size \(50257\) exceeds the 8192 tokens of "
+                                          r"data\.vocab_path='' .*GPT-2 BPE directory.*vocab_size=8192"):
+        validate_vocab_size(config, get_vocabulary(config.data).vocab_size)
+    bpe = _gpt2_bpe_dir(tmp_path / "gpt2")
+    config = load_config("configs/paper.py:d512_E1", [f"--config.data.vocab_path={bpe}"])
+    validate_vocab_size(config, get_vocabulary(config.data).vocab_size)
+    n_act = count_params(config.model)["n_act"]
+    norms = 2 * 8 * 2 * 512  # two LayerNorms (scale + bias) per block
+    assert n_act == counting.paper_n_act(512, 8) + norms
+    with pytest.raises(ConfigError, match=r"exceeds the 259 tokens.*--config\.model\.vocab_size=259"):
+        validate_vocab_size(load_config("configs/tiny.py", ["--config.data.vocab_path=bytes"]), 259)
+
+
+def test_train_with_paper_config_and_wrong_vocabulary_writes_nothing(tmp_path, capsys):
+    from moe_jax.cli import main
+
+    workdir = tmp_path / "run"
+    code = main(["train", "--config", "configs/paper.py:d512_E1", "--workdir", str(workdir),
+                 f"--config.data.fineweb_path={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "data.vocab_path" in err and "GPT-2 BPE" in err
+    assert not workdir.exists()

@@ -91,14 +91,27 @@ def inspect(cfg, split: str, batches: int, batch_size: int) -> dict:
                 sample=vocab.decode(batch["inputs"][0].tolist())[:400], state=it.get_state())
 
 
+def _check_vocabulary(cfg, retrain_size: int | None) -> None:
+    """Bad vocabulary input fails here, before any data directory is touched: the size to retrain, or the
+    vocabulary the config names (loaded once)."""
+    from moe_jax.data.vocab import check_sentencepiece_size, get_vocabulary  # noqa: PLC0415
+
+    if retrain_size is not None:
+        check_sentencepiece_size(retrain_size)
+    else:
+        get_vocabulary(cfg)
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from moe_jax.cli import reject_extra  # noqa: PLC0415
 
     reject_extra(extra)
     cfg = _config(args)
+    retrain = args.vocab_size if args.action == "prepare" and not args.vocab_path else None
+    _check_vocabulary(cfg, retrain)
     if args.action == "prepare":
         start = time.perf_counter()
-        timings = prepare(cfg, args.vocab_size if args.vocab_size is not None and not args.vocab_path else None)
+        timings = prepare(cfg, retrain)
         timings["total_seconds"] = round(time.perf_counter() - start, 1)
         print(json.dumps(timings, indent=1))
         return 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import ml_collections
 
-from moe_jax.errors import ConfigError
+from moe_jax.errors import ConfigError, UserError
 
 TASKS = ("fixture", "gutenberg_poetry", "c4_en", "fineweb_edu")
 BUILTIN_VOCAB_SIZES = (8192, 2048)
@@ -43,6 +44,39 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 def resolved_data_dir(cfg) -> Path:
     """The data directory this config uses (default applied)."""
     return Path(os.path.expanduser(cfg.data_dir or default_data_dir()))
+
+
+def _file_in_the_way(root: Path, file: Path) -> str:
+    if file == root:
+        return "is a file"
+    if file in root.parents:
+        return f"is under the file {file}"
+    return f"holds the file {file} where a directory is needed"
+
+
+def _probe_write(directory: Path) -> None:
+    """Create and remove a temporary file in `directory` (OSError if it cannot be written)."""
+    with tempfile.TemporaryFile(dir=directory):
+        pass
+
+
+def ensure_writable_dir(cfg, path: Path) -> Path:
+    """Create `path` (under the config's data directory) if needed; a one-line UserError naming
+    data.data_dir when it is a file, lies under a file or cannot be written. Nothing is removed."""
+    root = resolved_data_dir(cfg)
+    fix = f"choose a writable directory with --data-dir / data.data_dir (default {default_data_dir()})"
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"data.data_dir {root} {_file_in_the_way(root, parent)}; {fix}")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _probe_write(path)
+    except OSError as err:
+        reason = f"{err.strerror}: {err.filename or path}"
+        raise UserError(f"data.data_dir {root} is not writable ({reason}); {fix}") from None
+    return path
 
 
 def validate_data_config(cfg) -> None:

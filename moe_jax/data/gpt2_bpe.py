@@ -37,18 +37,32 @@ def byte_alphabet() -> dict[int, str]:
     return table
 
 
+def _read_bpe_files(directory: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """encoder.json (token → id) and the merge pairs of vocab.bpe; a one-line ConfigError if they are not that."""
+    where = f"data.vocab_path={directory!r}"
+    try:
+        with tf.io.gfile.GFile(f"{directory}/encoder.json") as f:
+            encoder = json.load(f)
+        with tf.io.gfile.GFile(f"{directory}/vocab.bpe") as f:
+            lines = [ln for ln in f.read().split("\n")[1:] if ln.strip()]  # first line: version header
+    except (tf.errors.NotFoundError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{where}: needs GPT-2's encoder.json and vocab.bpe ({reason})") from None
+    if not isinstance(encoder, dict) or not all(isinstance(i, int) for i in encoder.values()):
+        raise ConfigError(f"{where}: encoder.json must map each token to an integer id, as GPT-2's does")
+    merges = [tuple(ln.split()) for ln in lines]
+    bad = next((i for i, m in enumerate(merges) if len(m) != 2), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: vocab.bpe line {bad + 2} is {lines[bad]!r}; each merge line holds two pieces")
+    return encoder, merges
+
+
 class Gpt2BpeVocabulary(seqio.Vocabulary):
     """seqio vocabulary over GPT-2 BPE files in `directory` (encoder.json, vocab.bpe)."""
 
     def __init__(self, directory: str):
-        try:
-            with tf.io.gfile.GFile(f"{directory}/encoder.json") as f:
-                self._encoder: dict[str, int] = json.load(f)
-            with tf.io.gfile.GFile(f"{directory}/vocab.bpe") as f:
-                lines = [ln for ln in f.read().split("\n")[1:] if ln.strip()]  # first line: version header
-        except (tf.errors.NotFoundError, json.JSONDecodeError) as err:
-            raise ConfigError(f"data.vocab_path={directory!r}: needs GPT-2's encoder.json and vocab.bpe ({err})")
-        self._ranks = {tuple(ln.split()): i for i, ln in enumerate(lines)}
+        self._encoder, merges = _read_bpe_files(directory)
+        self._ranks = {pair: i for i, pair in enumerate(merges)}
         self._decoder = {i: t for t, i in self._encoder.items()}
         self._byte_enc = byte_alphabet()
         self._byte_dec = {c: b for b, c in self._byte_enc.items()}

@@ -18,8 +18,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from moe_jax.data import corpus
-from moe_jax.data.config import resolved_data_dir
-from moe_jax.data.tfds_builders import BUILDERS
+from moe_jax.data.config import ensure_writable_dir, resolved_data_dir
+from moe_jax.data.tfds_builders import BUILDERS, check_fineweb_shards
 from moe_jax.data.vocab import get_vocabulary
 from moe_jax.errors import UserError
 
@@ -47,9 +47,10 @@ def prepare_tfds(data_cfg) -> Path:
     if data_cfg.task == "c4_en":
         raise UserError("c4_en is read from an existing tfds c4/en directory (data.c4_data_dir); prepare it "
                         "with tfds' own c4 builder (Apache Beam) — moe-jax never downloads it")
+    if data_cfg.task == "fineweb_edu":
+        check_fineweb_shards(data_cfg.fineweb_path)
     builder = _builder(data_cfg)
-    root = tfds_dir(data_cfg)
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_writable_dir(data_cfg, tfds_dir(data_cfg))
     with open(root / f".{data_cfg.task}.lock", "w") as lock:  # concurrent test processes: build once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not builder.is_prepared():

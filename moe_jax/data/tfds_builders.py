@@ -85,22 +85,67 @@ def fineweb_shards(source_path: str) -> list[str]:
     return paths
 
 
+FINEWEB_COLUMNS = ("id", "text")
+
+
+def _parquet_source(path: str):
+    """What pyarrow reads: a local path as is, a bucket object (gs://...) read through gfile into memory."""
+    if "://" not in path:
+        return path
+    import pyarrow as pa  # noqa: PLC0415
+
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return pa.BufferReader(f.read())
+
+
+def shard_columns(path: str) -> list[str]:
+    """Column names of a shard: the parquet schema, or the keys of a JSON-lines shard's first record."""
+    try:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq  # noqa: PLC0415
+
+            return list(pq.read_schema(_parquet_source(path)).names)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            first = next((line for line in f if line.strip()), b"{}")
+        row = json.loads(first)
+    except (OSError, ValueError, tf.errors.OpError) as err:  # pyarrow's errors subclass these
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UserError(f"data.fineweb_path: cannot read shard {path} ({reason}); FineWeb-Edu shards are *.parquet or "
+                        f"*.jsonl with columns {', '.join(FINEWEB_COLUMNS)}") from None
+    return list(row) if isinstance(row, dict) else []
+
+
+def check_fineweb_shards(source_path: str) -> list[str]:
+    """The shards of data.fineweb_path, each checked for the 'id' and 'text' columns (before anything is built)."""
+    paths = fineweb_shards(source_path)
+    for path in paths:
+        columns = shard_columns(path)
+        missing = [c for c in FINEWEB_COLUMNS if c not in columns]
+        if missing:
+            raise UserError(f"data.fineweb_path: shard {path} has no {' or '.join(repr(c) for c in missing)} column "
+                            f"(found {', '.join(columns) or 'none'}); FineWeb-Edu shards need columns "
+                            f"{', '.join(FINEWEB_COLUMNS)}")
+    return paths
+
+
 def _read_shard(path: str) -> Iterator[tuple[str, str]]:
     if path.endswith(".parquet"):
-        import pyarrow as pa  # noqa: PLC0415
         import pyarrow.parquet as pq  # noqa: PLC0415
 
-        if "://" in path:  # bucket: read through gfile into memory
-            with tf.io.gfile.GFile(path, "rb") as f:
-                path = pa.BufferReader(f.read())
-        table = pq.read_table(path, columns=["id", "text"])
+        table = pq.read_table(_parquet_source(path), columns=list(FINEWEB_COLUMNS))
         yield from zip(map(str, table.column("id").to_pylist()), table.column("text").to_pylist())
         return
     with tf.io.gfile.GFile(path, "rb") as f:
-        for line in f:
-            if line.strip():
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                yield str(row["id"]), row["text"]
+                doc = str(row["id"]), row["text"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"data.fineweb_path: {path} line {number} is not a JSON object with "
+                                f"{' and '.join(FINEWEB_COLUMNS)}") from None
+            yield doc
 
 
 BUILDERS = {"gutenberg_poetry": MoeJaxGutenbergPoetry, "fixture": MoeJaxFixture, "fineweb_edu": MoeJaxFinewebEdu}

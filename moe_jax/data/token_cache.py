@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from moe_jax.data import corpus
-from moe_jax.data.config import resolved_data_dir, validate_data_config
+from moe_jax.data.config import ensure_writable_dir, resolved_data_dir, validate_data_config
 from moe_jax.errors import UserError
 
 MANIFEST_VERSION = 2  # 2: the fingerprint includes a sha256 of the token stream
@@ -40,8 +40,7 @@ def build_token_cache(data_cfg, split: str) -> dict:
 
     vocab = get_vocabulary(data_cfg)
     dtype = np.uint16 if vocab.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-    out = cache_dir(data_cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(data_cfg, cache_dir(data_cfg))
     tmp = out / f"{split}.bin.tmp{os.getpid()}"
     start, n_docs, n_tokens = time.perf_counter(), 0, 0
     digest = hashlib.sha256()  # of the exact token stream: a re-prepared, different cache never matches a saved state
@@ -84,9 +83,9 @@ def load_tokens(data_cfg, split: str) -> tuple[np.ndarray, dict]:
     """Memory-mapped token stream [T] and manifest of a split, building the cache on first use."""
     validate_data_config(data_cfg)
     out = cache_dir(data_cfg)
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / f"{split}.json"
-    if not _current(manifest_path):
+    if not _current(manifest_path):  # a complete cache is only read: a read-only data_dir serves it
+        ensure_writable_dir(data_cfg, out)
         with open(out / f".{split}.lock", "w") as lock:  # one builder per cache, other processes wait
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not _current(manifest_path):

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from moe_jax.errors import ConfigError
+from moe_jax.errors import ConfigError, UserError
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 GPT2_FILES = ("encoder.json", "vocab.bpe")
 BYTES = "bytes"  # data.vocab_path value selecting seqio.ByteVocabulary (UTF-8 bytes; 259 ids with pad/eos/unk)
+MIN_SENTENCEPIECE_SIZE = 256 + 3 + 1  # byte fallback pieces, pad/eos/unk, '\n': any smaller model cannot train
 TRAIN_SAMPLE_LINES = 300_000  # lines of the train split fed to SentencePiece (a fixed, evenly strided subsample)
 
 
@@ -69,22 +70,59 @@ def get_vocabulary(data_cfg):
     if not path.endswith(".model"):
         raise ConfigError(f"data.vocab_path={path!r}: expected a SentencePiece *.model file or a directory "
                           "holding GPT-2's encoder.json and vocab.bpe")
-    return seqio.SentencePieceVocabulary(path)
+    return _loaded_sentencepiece(path)
+
+
+def _loaded_sentencepiece(path: str):
+    """seqio.SentencePieceVocabulary with its model parsed now, so a file that is no model is a ConfigError
+    here rather than a traceback from inside the tokenizer."""
+    import seqio  # noqa: PLC0415
+    from google.protobuf.message import DecodeError  # noqa: PLC0415
+
+    vocab = seqio.SentencePieceVocabulary(path)
+    try:
+        vocab.vocab_size  # noqa: B018 - parses the model proto and loads the processor
+    except (DecodeError, RuntimeError, ValueError, OSError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"data.vocab_path={path!r} is not a SentencePiece model ({reason}); give a *.model "
+                          "file written by SentencePiece, a GPT-2 BPE directory or 'bytes'") from None
+    return vocab
+
+
+def check_sentencepiece_size(vocab_size: int) -> int:
+    """A vocabulary size SentencePiece can train with our settings, else a one-line UserError."""
+    if vocab_size < MIN_SENTENCEPIECE_SIZE:
+        raise UserError(f"--vocab-size {vocab_size} is too small: a SentencePiece model with byte fallback needs "
+                        f"at least {MIN_SENTENCEPIECE_SIZE} pieces (256 bytes, pad/eos/unk, newline); "
+                        "use e.g. 2048 or 8192")
+    return vocab_size
 
 
 def train_sentencepiece(lines: Iterable[str], vocab_size: int, out_path: Path) -> Path:
     """Train a unigram SentencePiece model deterministically (one thread, input order kept) to `out_path`."""
     import sentencepiece as spm  # noqa: PLC0415
 
+    check_sentencepiece_size(vocab_size)
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, byte_fallback=True, character_coverage=0.9999,
-        user_defined_symbols=["\n"], normalization_rule_name="nmt_nfkc", num_threads=1,
-        shuffle_input_sentence=False, input_sentence_size=0, minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+            pad_id=0, eos_id=1, unk_id=2, bos_id=-1, byte_fallback=True, character_coverage=0.9999,
+            user_defined_symbols=["\n"], normalization_rule_name="nmt_nfkc", num_threads=1,
+            shuffle_input_sentence=False, input_sentence_size=0, minloglevel=2)
+    except RuntimeError as err:  # e.g. "Vocabulary size is smaller than required_chars. 300 vs 390."
+        reason = str(err).splitlines()[0].rsplit("] ", 1)[-1].split(" Increase")[0].strip()
+        raise UserError(f"--vocab-size {vocab_size} does not fit this corpus: SentencePiece says {reason!r}; "
+                        "use e.g. 2048 or 8192") from None
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(buf.getvalue())
+    tmp = out_path.with_name(f"{out_path.name}.tmp{os.getpid()}")
+    try:  # through a temporary file: a failed write never truncates the model already there
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, out_path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write the vocabulary {out_path}: {err.strerror}") from None
     return out_path
 
 

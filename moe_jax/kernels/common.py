@@ -11,13 +11,15 @@ import jax
 import jax.numpy as jnp
 
 
-def swiglu(x, w_gate, w_up, w_down):
-    """Batched SwiGLU experts: silu(x·W_gate) ⊙ (x·W_up) · W_down.
+def swiglu(x, w_gate, w_up, w_down, matmul=jnp.matmul):
+    """The SwiGLU FFN of the whole project (SPEC §5): silu(x·W_gate) ⊙ (x·W_up) · W_down, no biases.
 
-    x [E, C, D], w_gate/w_up [E, D, F], w_down [E, F, D] -> [E, C, D].
+    One expert / the dense FFN: x [T, D], w_gate/w_up [D, F], w_down [F, D] -> [T, D].
+    Batched experts: x [E, C, D], w_gate/w_up [E, D, F], w_down [E, F, D] -> [E, C, D].
+    `matmul(a, w)` replaces the product, e.g. a grouped `jax.lax.ragged_dot` over expert-sorted tokens.
     """
-    h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", x, w_gate)) * jnp.einsum("ecd,edf->ecf", x, w_up)
-    return jnp.einsum("ecf,efd->ecd", h, w_down)
+    h = jax.nn.silu(matmul(x, w_gate)) * matmul(x, w_up)
+    return matmul(h, w_down)
 
 
 def positions_in_expert(expert_idx, num_experts: int):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moe_jax.kernels.common import check_shapes
+from moe_jax.kernels.common import check_shapes, swiglu
 
 
 def dropless_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None = None):
@@ -16,8 +16,7 @@ def dropless_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | Non
     order = jnp.argsort(flat_e, stable=True)  # [TK] assignments grouped by expert
     group_sizes = jnp.bincount(flat_e, length=e).astype(jnp.int32)  # [E]
     xs = jnp.take(x, order // k, axis=0)  # [TK, D]
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, w_gate, group_sizes)) * jax.lax.ragged_dot(xs, w_up, group_sizes)
-    ys = jax.lax.ragged_dot(h, w_down, group_sizes)  # [TK, D]
+    ys = swiglu(xs, w_gate, w_up, w_down, matmul=lambda a, w: jax.lax.ragged_dot(a, w, group_sizes))  # [TK, D]
     y = jnp.take(ys, jnp.argsort(order), axis=0)  # [TK, D] back in assignment order
     y = (y * gates.reshape(t * k, 1).astype(y.dtype)).reshape(t, k, d).sum(axis=1)  # [T, D]
     return y, jnp.ones((t, k), bool)

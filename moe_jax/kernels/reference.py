@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_jax.errors import ConfigError
+from moe_jax.kernels.common import swiglu
 
 
 def loop_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None):
@@ -28,6 +29,6 @@ def loop_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None):
         kept[assignments] = True
         tokens = assignments // k
         xe = x[tokens]  # [n, D]
-        h = jax.nn.silu(xe @ w_gate[e]) * (xe @ w_up[e])
-        y = y.at[tokens].add((h @ w_down[e]) * flat_g[assignments][:, None].astype(x.dtype))
+        out = swiglu(xe, w_gate[e], w_up[e], w_down[e])  # [n, D]
+        y = y.at[tokens].add(out * flat_g[assignments][:, None].astype(x.dtype))
     return y, jnp.asarray(kept.reshape(t, k))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ml_dtypes
+import numpy as np
+
 from moe_jax.errors import ConfigError
 from moe_jax.kernels import DISPATCH_NAMES
 from moe_jax.kernels.tiling import check_tiles
@@ -9,7 +12,8 @@ from moe_jax.scaling import constants
 from moe_jax.scaling.counting import ModelShape
 
 NORMS = ("layernorm", "rmsnorm")
-DTYPES = ("float32", "bfloat16")
+# model.compute_dtype / model.param_dtype name -> dtype (numpy dtypes, which JAX takes as they are).
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 EXPERT_DOWN_FAN_INS = ("experts", "ffn")
 
 

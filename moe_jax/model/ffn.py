@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from moe_jax.kernels.common import swiglu
 from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
 
 
@@ -23,5 +22,4 @@ class FFN(nnx.Module):
         """x [..., D] -> [..., D]; computed on [T, D] (2-D matmuls are the fast path on CPU)."""
         w = lambda p: p[...].astype(self.dtype)  # noqa: E731
         t = x.reshape(-1, x.shape[-1])  # [T, D]
-        h = jax.nn.silu(t @ w(self.w_gate)) * (t @ w(self.w_up))  # [T, F]
-        return (h @ w(self.w_down)).reshape(x.shape)
+        return swiglu(t, w(self.w_gate), w(self.w_up), w(self.w_down)).reshape(x.shape)

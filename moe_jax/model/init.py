@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from moe_jax.model.config import DTYPES  # the one dtype table; imported from here by the model modules
 
 
 class ParamKeys:

@@ -1,31 +1,39 @@
-"""Pre-norms (SPEC §5): LayerNorm with scale and bias, or RMSNorm with scale; eps 1e-5, math in f32."""
+"""Pre-norms (SPEC §5): flax.nnx LayerNorm (scale + bias) or RMSNorm (scale); eps 1e-5, math in f32.
+
+The modules are nnx's own; the only addition is the dtype policy: statistics and the affine map run in
+f32 (module dtype float32, so nnx promotes x, scale and bias to f32) and the result takes the input's
+dtype. Parameters are `scale` [D] and `bias` [D] with logical axes ('embed',) for the sharding rules.
+"""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from moe_jax.model.init import DTYPES
+from moe_jax.model.config import DTYPES
 
 EPS = 1e-5  # SPEC §5: LayerNorm eps of the authors' code
+_AXES = {"logical_axes": ("embed",)}  # Param metadata read by the mesh helper
 
 
-class Norm(nnx.Module):
-    """x [..., D] -> [..., D] normalised over D; `kind` = 'layernorm' | 'rmsnorm'."""
-
-    def __init__(self, cfg):
-        d, dtype = cfg.d_model, DTYPES[cfg.param_dtype]
-        self.kind = cfg.norm
-        self.scale = nnx.Param(jnp.ones((d,), dtype), logical_axes=("embed",))
-        self.bias = nnx.Param(jnp.zeros((d,), dtype), logical_axes=("embed",)) if self.kind == "layernorm" else None
+class _InputDtype:
+    """Mixin: the f32 result of an nnx norm cast back to the dtype of its input."""
 
     def __call__(self, x):
-        h = x.astype(jnp.float32)
-        if self.kind == "layernorm":
-            h = h - jnp.mean(h, axis=-1, keepdims=True)
-        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + EPS)
-        h = h * self.scale[...].astype(jnp.float32)
-        if self.bias is not None:
-            h = h + self.bias[...].astype(jnp.float32)
-        return h.astype(x.dtype)
+        return super().__call__(x).astype(x.dtype)
+
+
+class LayerNorm(_InputDtype, nnx.LayerNorm):
+    """nnx.LayerNorm, result in the input's dtype."""
+
+
+class RMSNorm(_InputDtype, nnx.RMSNorm):
+    """nnx.RMSNorm, result in the input's dtype."""
+
+
+def Norm(cfg) -> nnx.Module:  # noqa: N802 - used like the class it builds
+    """The pre-norm of `cfg.norm` ('layernorm' | 'rmsnorm') over D = cfg.d_model: x [..., D] -> [..., D]."""
+    common = dict(epsilon=EPS, dtype=DTYPES["float32"], param_dtype=DTYPES[cfg.param_dtype],
+                  use_fast_variance=False, scale_metadata=_AXES, rngs=nnx.Rngs(0))  # ones/zeros: no randomness
+    if cfg.norm == "layernorm":
+        return LayerNorm(cfg.d_model, bias_metadata=_AXES, **common)
+    return RMSNorm(cfg.d_model, **common)

@@ -27,19 +27,20 @@ class Router(nnx.Module):
 def router_stats(logits, probs, expert_idx, kept) -> dict:
     """Unweighted per-layer router losses and metrics.
 
-    load_balance_loss = E · Σ_e mean_t(p_e) · f_e, with f_e the fraction of the T·K assignments routed
-    to e before dropping (= count_e / T for top-1); z_loss = mean_t(logsumexp_e logits)²;
-    expert_load [E] = f_e; dropped_fraction = share of assignments over capacity; router_entropy = mean_t H(p).
-    logits/probs [T, E], expert_idx/kept [T, K].
+    load_balance_loss = E · Σ_e mean_t(p_e) · count_e / T (SPEC §5, as the paper's code computes it), with
+    count_e the assignments routed to e before dropping: a uniform router scores 1 at top-1 and K at top-K;
+    z_loss = mean_t(logsumexp_e logits)²; expert_load [E] = count_e / (T·K), each expert's share of the
+    assignments (sums to 1 at any K); dropped_fraction = share of assignments over capacity;
+    router_entropy = mean_t H(p). logits/probs [T, E], expert_idx/kept [T, K].
     """
-    e = probs.shape[-1]
-    load = jnp.bincount(expert_idx.reshape(-1), length=e).astype(jnp.float32) / expert_idx.size  # [E]
-    load = jax.lax.stop_gradient(load)
+    t, e = expert_idx.shape[0], probs.shape[-1]
+    counts = jnp.bincount(expert_idx.reshape(-1), length=e).astype(jnp.float32)  # [E]
+    counts = jax.lax.stop_gradient(counts)
     lse = jax.nn.logsumexp(logits, axis=-1)  # [T]
     return {
-        "load_balance_loss": e * jnp.sum(jnp.mean(probs, axis=0) * load),
+        "load_balance_loss": e * jnp.sum(jnp.mean(probs, axis=0) * counts / t),
         "z_loss": jnp.mean(lse**2),
-        "expert_load": load,
+        "expert_load": counts / expert_idx.size,
         "dropped_fraction": jnp.mean(jnp.logical_not(kept).astype(jnp.float32)),
         "router_entropy": jnp.mean(-jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-30)), axis=-1)),
     }

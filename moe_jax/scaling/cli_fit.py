@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from moe_jax.errors import UserError
+from moe_jax.errors import UserError, warn
 from moe_jax.scaling.fit import WEIGHT_MODES, FitSettings, fit, write_result
 from moe_jax.scaling.fit_data import LAW_KINDS, load_runs
 from moe_jax.scaling.fit_grids import GRID_NAMES
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     out_dir = _prepare_out(args.out) if args.out else None
     progress = None if args.quiet else (lambda msg: print(f"[fit] {msg}", file=sys.stderr, flush=True))
     result = fit(runs, settings, progress=progress)
+    for line in result.warnings:
+        warn("fit", line)
     if out_dir is not None:
         write_result(result, out_dir / "fit.json")
         _plots(result, runs, out_dir, progress)

@@ -7,8 +7,8 @@ import json
 import math
 
 from moe_jax.cli import reject_extra
-from moe_jax.errors import UserError
-from moe_jax.scaling import counting
+from moe_jax.errors import UserError, warn
+from moe_jax.scaling import counting, fitted_range
 from moe_jax.scaling.law import load_law
 
 
@@ -33,19 +33,29 @@ def parse_positive(flag: str, text) -> float:
     return value
 
 
+def law_warnings(law, n_act: float, experts: int) -> list[str]:
+    """Extrapolation warnings (fitted_range) for one point; its d_model is the paper shape with this N_act."""
+    from moe_jax.scaling.optimal import d_model_for_params
+
+    d_model = float(d_model_for_params(n_act))
+    return (fitted_range.expert_warnings(law, [experts])
+            + fitted_range.shape_warnings(law, f"N_act {n_act:.3g} =", [(experts, d_model)]))
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     reject_extra(extra)
     n_act = parse_positive("--n-act", args.n_act)
     tokens = parse_positive("--tokens", args.tokens)
-    experts = parse_positive("--experts", args.experts)
-    if experts < 1:
-        raise UserError(f"--experts must be ≥ 1 (1 = dense), got {args.experts!r}")
+    experts = fitted_range.integer_experts("--experts", args.experts)
     law = load_law(args.coeffs)
     if law.kind == "chinchilla" and experts != 1:
         raise UserError(
             f"--coeffs {args.coeffs} is a Chinchilla law with no expert dependence; use --experts 1 or a joint law"
         )
     loss = float(law.loss(n_act, tokens, experts))
+    warnings = law_warnings(law, n_act, experts)
+    for line in warnings:
+        warn("law", line)
     if args.json:
         print(json.dumps({
             "loss": loss,
@@ -55,6 +65,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             "flops": float(counting.training_flops(n_act, tokens)),
             "coeffs": args.coeffs,
             "law": law.kind,
+            "warnings": warnings,
         }))
     else:
         print(

@@ -7,8 +7,8 @@ import json
 import math
 
 from moe_jax.cli import reject_extra
-from moe_jax.errors import UserError
-from moe_jax.scaling import constants, counting, optimal
+from moe_jax.errors import UserError, warn
+from moe_jax.scaling import constants, counting, fitted_range, optimal
 from moe_jax.scaling.cli_law import parse_positive
 from moe_jax.scaling.counting import format_count
 from moe_jax.scaling.law import load_law
@@ -37,6 +37,17 @@ def parse_experts(text: str | None, law) -> tuple[int, ...]:
     if not all(p.isdigit() and int(p) >= 1 for p in parts):
         raise UserError(f"--experts must be a comma-separated list of integers ≥ 1 (e.g. 1,2,4,8), got {text!r}")
     return optimal.check_experts(law, [int(p) for p in parts])
+
+
+def plan_warnings(plan: dict, law) -> list[str]:
+    """Extrapolation warnings (fitted_range) for every E and d_model the plan shows."""
+    rows = plan["compute_optimal"]
+    out = fitted_range.expert_warnings(law, [r["experts"] for r in rows])
+    out += fitted_range.shape_warnings(law, "compute-optimal", [(r["experts"], r["d_model"]) for r in rows])
+    if "memory_optimal" in plan:
+        cands = plan["memory_optimal"]["per_expert"]
+        out += fitted_range.shape_warnings(law, "memory-optimal", [(c["experts"], c["d_model"]) for c in cands])
+    return out
 
 
 def parse_nonnegative(flag: str, text) -> float:
@@ -88,6 +99,7 @@ def build_plan(args: argparse.Namespace) -> dict:
             "kv_tokens": kv_tokens,
             "realistic": bool(args.realistic),
         }
+    plan["warnings"] = plan_warnings(plan, law)
     return plan
 
 
@@ -173,6 +185,8 @@ def write_plots(plan: dict, args: argparse.Namespace, out_dir: str) -> list[str]
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     reject_extra(extra)
     plan = build_plan(args)
+    for line in plan["warnings"]:
+        warn("plan", line)
     if args.plot:
         plan["plots"] = write_plots(plan, args, args.plot)
     if args.json:

@@ -5,6 +5,14 @@ The screen runs all starts together ([S, P] arrays, one objective call per line-
 stages (SCREEN_SCHEDULE: 20 steps on all starts, 60 on the best 20 %, 300 on the best 5 %); with a
 held-out set half of each stage's places go to the best by selection score. `exhaustive_search` is
 the plain reference: one scipy L-BFGS-B run per start.
+
+Why a hand-written L-BFGS: `python bench/fit.py --library-starts 2000` runs the same staged screen and
+polish once with `batched_lbfgs` and once with scipy's L-BFGS-B start by start (same starts, same
+iteration budget). Measured in one run (2 shared CPU cores, 2026-11-30): Epoch Chinchilla grid 1.6 s vs
+242.8 s (152× faster), paper joint grid 4.2 s vs 490.3 s (116×), with equal (Epoch) or better (joint:
+8.40066e-3 vs 8.4213e-3) best polished objective. scipy per start pays Python overhead on every
+iteration of every start; the batched version evaluates all starts in one numpy call. (optax/jaxopt
+would need the objective in JAX; these modules stay JAX-free.)
 """
 
 from __future__ import annotations
@@ -89,11 +97,12 @@ def batched_lbfgs(fun, x0, iters: int, memory: int = 10, ftol: float = 1e-13):
     return x, f
 
 
-def screen(fun, starts, schedule=SCREEN_SCHEDULE, progress=None, score=None):
+def screen(fun, starts, schedule=SCREEN_SCHEDULE, progress=None, score=None, minimise=batched_lbfgs):
     """Staged batched L-BFGS over all starts; returns the surviving (x [K, P], f [K]) sorted by f.
 
     score: optional θ [S, P] → [S] (lower is better), e.g. the held-out selection score; then each
     stage keeps half of its places for the best by objective and half for the best by score.
+    minimise(fun, x0 [S, P], iters) → (x, f): the optimiser of each stage (bench/fit.py swaps in scipy).
     """
     x = np.asarray(starts, np.float64)
     f = None
@@ -113,7 +122,7 @@ def screen(fun, starts, schedule=SCREEN_SCHEDULE, progress=None, score=None):
             x = x[order]
         if progress:
             progress(f"screening stage {stage + 1}/{len(schedule)}: {len(x)} starts × {iters} batched L-BFGS steps")
-        x, f = batched_lbfgs(fun, x, iters)
+        x, f = minimise(fun, x, iters)
     order = np.argsort(f, kind="stable")
     return x[order], f[order]
 

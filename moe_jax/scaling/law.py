@@ -119,7 +119,35 @@ def law_from_dict(coeffs: dict, source: str = "coefficients") -> ChinchillaLaw |
             raise UserError(f"{source}: coefficient {k}={coeffs[k]!r} is not a number") from None
         if not math.isfinite(values[k]):
             raise UserError(f"{source}: coefficient {k}={values[k]} is not finite")
-    return (JointLaw if keys is JOINT_KEYS else ChinchillaLaw)(**values)
+    law = (JointLaw if keys is JOINT_KEYS else ChinchillaLaw)(**values)
+    check_law(law, source)
+    return law
+
+
+def check_law(law, source: str = "coefficients") -> None:
+    """Reject coefficients whose law is not a decreasing power law on the paper's E range (one line each).
+
+    A, B > 0, C ≥ 0; exponents α(E), β(E) > 0 for E in 1..32; for a joint law ln E_start < ln E_max
+    (otherwise Ê is undefined and the loss NaN).
+    """
+    for k in ("A", "B"):
+        if getattr(law, k) <= 0:
+            raise UserError(f"{source}: coefficient {k}={getattr(law, k):g} must be > 0")
+    if law.C < 0:
+        raise UserError(f"{source}: coefficient C={law.C:g} must be ≥ 0 (the irreducible loss)")
+    if law.kind == "joint" and not law.ln_estart < law.ln_emax:
+        raise UserError(
+            f"{source}: ln_estart={law.ln_estart:g} must be below ln_emax={law.ln_emax:g} (E_start < E_max), "
+            f"e.g. the paper's {constants.JOINT_PAPER2025['ln_estart']} < {constants.JOINT_PAPER2025['ln_emax']}"
+        )
+    experts = np.arange(1, max(constants.PAPER_EXPERTS) + 1)
+    _, alpha, _, beta = law.coefficients(experts) if law.kind == "joint" else (0, law.alpha, 0, law.beta)
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        value = np.broadcast_to(value, experts.shape)
+        if not np.all(value > 0):
+            at = int(experts[np.argmin(value)])
+            where = f" at E={at}" if law.kind == "joint" else ""
+            raise UserError(f"{source}: exponent {name}{where} is {float(np.min(value)):g}; it must be > 0")
 
 
 def load_law(spec: str) -> ChinchillaLaw | JointLaw:
@@ -131,9 +159,15 @@ def load_law(spec: str) -> ChinchillaLaw | JointLaw:
         return NAMED_SETS[spec]()
     path = Path(spec)
     if not path.exists():
+        if path.suffix.lower() == ".json" or "/" in spec or "\\" in spec:
+            raise UserError(f"coefficient file {spec} not found: give an existing JSON file from `moe-jax fit` "
+                            f"or one of {', '.join(NAMED_SETS)}")
         raise UserError(
             f"unknown coefficient set {spec!r}: use one of {', '.join(NAMED_SETS)} or a JSON file from `moe-jax fit`"
         )
+    if path.is_dir():
+        raise UserError(f"coefficient path {spec} is a directory: give the fit.json inside it or one of "
+                        f"{', '.join(NAMED_SETS)}")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

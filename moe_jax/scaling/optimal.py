@@ -103,11 +103,16 @@ def compute_optimal_closed_form(law, flops, experts: int = 1):
     """
     c = law.per_expert(experts)
     f6 = np.asarray(flops, np.float64) / 6.0
-    s = c.alpha + c.beta
-    g = (c.alpha * c.A / (c.beta * c.B)) ** (1.0 / s)
+    s, g = _exponent_sum_and_g(c)
     n = g * f6 ** (c.beta / s)
     d = f6 ** (c.alpha / s) / g
     return n, d, c.loss(n, d)
+
+
+def _exponent_sum_and_g(c) -> tuple[float, float]:
+    """α+β and G = (αA/(βB))^(1/(α+β)) of a per-E Chinchilla law."""
+    s = c.alpha + c.beta
+    return s, (c.alpha * c.A / (c.beta * c.B)) ** (1.0 / s)
 
 
 def compute_optimal_numeric(law, flops: float, experts: int = 1, inference_tokens: float = 0.0) -> ComputeOptimal:
@@ -147,12 +152,45 @@ def compute_optimal(law, flops: float, experts=constants.PAPER_EXPERTS, inferenc
                 f"{d_inf:g} inference tokens spend the whole budget of {flops:g} FLOPs even on the smallest "
                 f"model ({n_min:.3g} active params, {2 * n_min * d_inf:.3g} FLOPs); lower --inference-tokens"
             )
-        return [compute_optimal_numeric(law, flops, e, d_inf) for e in experts]
+        rows = [compute_optimal_numeric(law, flops, e, d_inf) for e in experts]
+        _check_buildable(law, flops, rows)
+        return rows
     out = []
     for e in experts:
         n, d, loss = compute_optimal_closed_form(law, flops, e)
         out.append(ComputeOptimal(e, float(n), float(d), float(loss), flops))
+    _check_buildable(law, flops, out)
     return out
+
+
+def _check_buildable(law, flops: float, rows: list[ComputeOptimal]) -> None:
+    """UserError when a compute-optimal model is smaller than the smallest paper shape (d_model 64, 1 layer)."""
+    n_min = float(counting.paper_n_act(constants.PAPER_HEAD_DIM, 1))
+    small = [r for r in rows if r.n_act < n_min]
+    if not small:
+        return
+    # The budget at which every requested E reaches n_min (closed form, no inference tokens).
+    need = _round_up_2_digits(max(min_flops_for_n_act(law, n_min, r.experts) for r in rows))
+    worst = min(small, key=lambda r: r.n_act)
+    extra = " without inference tokens" if worst.inference_tokens else ""
+    raise UserError(
+        f"a budget of {flops:g} FLOPs is too small: its compute-optimal E={worst.experts} model has N_act "
+        f"{worst.n_act:.3g} (d_model {worst.d_model:.0f}), below the smallest paper-shape model (d_model 64, "
+        f"1 layer, N_act {n_min:.3g}); use --flops ≥ {need:.2g}{extra}"
+    )
+
+
+def _round_up_2_digits(x: float) -> float:
+    """6.31e16 → 6.4e16: a bound that stays a bound when printed with 2 significant digits."""
+    unit = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return math.ceil(x / unit) * unit
+
+
+def min_flops_for_n_act(law, n_act: float, experts: int = 1) -> float:
+    """The budget whose compute-optimal N* equals n_act (inverse of the closed form)."""
+    c = law.per_expert(experts)
+    s, g = _exponent_sum_and_g(c)
+    return 6.0 * (n_act / g) ** (s / c.beta)
 
 
 # ---------------------------------------------------------------- memory-constrained optimum
@@ -204,6 +242,9 @@ def smallest_model_params(experts=1, kv_tokens: float = 0.0, vocab: int = consta
     return float(counting.paper_n_total(d, 1, experts, vocab) + kv_tokens * counting.paper_kv_params_per_token(d, 1))
 
 
+MAX_SWEEP_D_MODEL = 2**17  # dense N_total ≈ 4.6e14: far past any real memory, and a sweep of 131k widths per E
+
+
 def _sweep(law, flops, memory_params, experts, kv_tokens, inference_tokens, realistic, vocab):
     """Loss over the (E, d) grid; infeasible cells are +inf.
 
@@ -216,6 +257,13 @@ def _sweep(law, flops, memory_params, experts, kv_tokens, inference_tokens, real
     hi_mem = float(d_model_for_params(memory_params, 1, total=True, vocab=vocab))
     hi_flops = float(d_model_for_params(f_max / 6.0, vocab=vocab))
     hi = int(max(lo, min(hi_mem, hi_flops))) + 1
+    if hi > MAX_SWEEP_D_MODEL:
+        top = float(counting.paper_n_total(MAX_SWEEP_D_MODEL, MAX_SWEEP_D_MODEL / constants.PAPER_HEAD_DIM, 1, vocab))
+        raise UserError(
+            f"memory of {memory_params:.3g} parameters and a budget of {f_max:.3g} FLOPs admit models up to d_model "
+            f"{hi:,}, beyond the sweep's limit of d_model {MAX_SWEEP_D_MODEL:,}; lower --memory to at most "
+            f"{top:.3g} parameters ({2 * top / 1e12:.3g} TB at 2 B/param) or lower --flops"
+        )
     d = np.arange(lo, hi + 1, step, dtype=np.float64)  # [Nd]
     layers = d / constants.PAPER_HEAD_DIM  # [Nd]
     e = np.asarray(experts, np.float64)[:, None]  # [E, 1]

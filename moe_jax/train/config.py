@@ -7,6 +7,7 @@ import math
 import ml_collections
 
 from moe_jax.errors import ConfigError
+from moe_jax.scaling import constants
 from moe_jax.train.schedules import SCHEDULES
 
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
@@ -107,7 +108,18 @@ def validate(config, *, device_count: int | None = None) -> None:
 
 
 def validate_vocab_size(config, vocabulary_size: int) -> None:
-    """model.vocab_size must hold every id of the data vocabulary."""
-    _need(config.model.vocab_size >= vocabulary_size,
-          f"model.vocab_size ({config.model.vocab_size}) is smaller than the data vocabulary ({vocabulary_size} "
-          f"tokens); set --config.model.vocab_size={vocabulary_size} or more")
+    """model.vocab_size must equal the data vocabulary's size: smaller cannot hold every id, larger would
+    count embedding and head rows that no token uses in N_act (and so in the LR rule and the law)."""
+    model_v = config.model.vocab_size
+    _need(model_v >= vocabulary_size,
+          f"model.vocab_size ({model_v}) is smaller than the data vocabulary ({vocabulary_size} "
+          f"tokens); set --config.model.vocab_size={vocabulary_size}")
+    if model_v == vocabulary_size:
+        return
+    source = f"data.vocab_path={config.data.vocab_path!r}" if config.data.vocab_path else \
+        f"data.vocab_path='' (the committed SentencePiece model of {config.data.builtin_vocab_size})"
+    fix = (f"set data.vocab_path to a GPT-2 BPE directory (encoder.json, vocab.bpe) for the paper's V = {model_v}, or "
+           if model_v == constants.PAPER_VOCAB else "set ")
+    raise ConfigError(f"model.vocab_size ({model_v}) exceeds the {vocabulary_size} tokens of {source}: its "
+                      f"{model_v - vocabulary_size} unused rows would count in N_act; {fix}"
+                      f"--config.model.vocab_size={vocabulary_size}")
