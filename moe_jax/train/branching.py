@@ -18,8 +18,6 @@ import os
 import stat
 from pathlib import Path
 
-import orbax.checkpoint as ocp
-
 from moe_jax.errors import ConfigError, UserError
 from moe_jax.train import schedules
 
@@ -121,6 +119,8 @@ class BranchPointSaver:
         if tokens not in self.points or tokens in saved_points(self.directory.parent):
             return
         assert self.points[tokens] == step, (tokens, step, self.points[tokens])
+        import orbax.checkpoint as ocp
+
         from moe_jax.train.checkpointing import fingerprint
 
         options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True,
@@ -148,6 +148,8 @@ def parse_point_spec(spec: str) -> tuple[str, int] | None:
 
 def restore_point(trunk_workdir: str, tokens: int, abstract_state):
     """(state, meta) of the trunk's branch point at `tokens`, read-only; UserError if it is not written yet."""
+    import orbax.checkpoint as ocp
+
     from moe_jax.train.checkpointing import _restore_checked
 
     spec = f"{trunk_workdir}@{tokens}"
