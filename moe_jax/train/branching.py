@@ -73,13 +73,13 @@ def branch_points(config) -> list[tuple[int, int, int]]:
         if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
             raise ConfigError(f"train.branch_budgets must be positive token counts, got {budget!r}")
         point = point_tokens(budget, t.decay_fraction)
+        if point < t.warmup_tokens:
+            raise ConfigError(f"budget {budget:g}: its branch point {point:g} tokens is inside the warmup "
+                              f"({t.warmup_tokens:g} tokens); use budgets ≥ {t.warmup_tokens / (1 - t.decay_fraction):g}")
         if not (_on_step(budget, ramp) and _on_step(point, ramp)):
             raise ConfigError(
                 f"budget {budget:g}: its branch point {point:g} tokens (1 − {t.decay_fraction:g} of it) or the budget "
                 f"itself does not end a step of the batch ramp; use e.g. {suggest_budget(budget, t.decay_fraction, ramp)}")
-        if point < t.warmup_tokens:
-            raise ConfigError(f"budget {budget:g}: its branch point {point:g} tokens is inside the warmup "
-                              f"({t.warmup_tokens:g} tokens); use budgets ≥ {t.warmup_tokens / (1 - t.decay_fraction):g}")
         if t.tokens and point > t.tokens:
             raise ConfigError(f"budget {budget:g}: its branch point {point:g} tokens lies past the trunk's "
                               f"train.tokens={t.tokens:g}; train the trunk to at least {point:g} tokens")
