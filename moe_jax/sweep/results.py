@@ -33,6 +33,18 @@ def _start_wall_time(spec) -> float:
     return float(meta["wall_time_s"]) if meta else 0.0
 
 
+def train_seconds(workdir, start_tokens: int = 0) -> float:
+    """Seconds spent in training steps, from metrics.jsonl (each logged window's tokens / its tokens per second)."""
+    from moe_jax.train.metrics import read_metrics
+
+    seconds, seen = 0.0, start_tokens
+    for row in read_metrics(workdir, "train"):
+        if row.get("tokens_per_s"):
+            seconds += (row["tokens"] - seen) / row["tokens_per_s"]
+        seen = row["tokens"]
+    return seconds
+
+
 def read_result(record) -> dict | None:
     """The run's result from WORKDIR/summary.json, or None while it has not finished."""
     summary = _json(Path(record.workdir) / "summary.json")
@@ -44,7 +56,8 @@ def read_result(record) -> dict | None:
         "tokens": summary["tokens"], "flops": summary["flops"], "loss": summary["final_eval_loss"],
         "d_model": model["d_model"], "n_layers": model["n_layers"],
         "own_tokens": summary["tokens"] - spec.start_tokens,  # tokens this run trained itself
-        "own_wall_time_s": summary["wall_time_s"] - _start_wall_time(spec),
+        "own_wall_time_s": summary["wall_time_s"] - _start_wall_time(spec),  # incl. start-up, compile, eval
+        "own_step_time_s": train_seconds(record.workdir, spec.start_tokens),  # training steps only
     }
 
 

@@ -3,8 +3,10 @@
 Tokens: with one trunk per (shape, E) to (1 − f)·T_max and a branch per budget from (1 − f)·T to T,
 a group trains (1 − f)·T_max + f·ΣT tokens instead of ΣT (SPEC §5: 0.37× for the paper's 13 budgets).
 The measured ratio counts what the runs trained themselves (summary.json tokens minus the branch point).
-Wall time: the runs' own training time (the loop's wall_time_s, branches minus what they inherited)
-against independent runs priced at each group's trunk throughput, and at the controls where they exist.
+Wall time: the runs' own time (the loop's wall_time_s, branches minus what they inherited; and the time in
+training steps alone, from metrics.jsonl) against independent runs priced from each group's trunk: its
+fixed start-up cost plus its seconds per token. A control is a measured independent run: its wall time
+is shown next to the priced one.
 Loss: each control (an independent run with its own trapezoidal schedule) against the branch of the same
 (shape, E, T).
 """
@@ -44,26 +46,38 @@ def token_ratio(specs) -> dict:
             "ratio": reuse / independent if independent else float("nan")}
 
 
+def _independent_cost(trunk_result: dict, budget: int) -> tuple[float, float]:
+    """(wall s, step s) an independent run to `budget` would take, priced from the trunk (also a run from
+    scratch): its fixed cost (start-up, compile, eval) plus `budget` tokens at its seconds per token."""
+    per_token = trunk_result["own_step_time_s"] / trunk_result["own_tokens"]
+    fixed = trunk_result["own_wall_time_s"] - trunk_result["own_step_time_s"]
+    return fixed + budget * per_token, budget * per_token
+
+
 def _measured(records) -> dict:
-    """Measured tokens and wall time of the reused runs, and independent wall time priced per group."""
+    """Measured tokens, wall and step time of the reused runs, and the same priced for independent runs."""
     by_id = {r.id: r for r in records}
-    tokens = wall = independent_wall = 0.0
+    out = dict.fromkeys(("tokens", "wall_s", "step_s", "independent_wall_s", "independent_step_s"), 0.0)
     for group in _groups([r.spec for r in records]).values():
-        trunk = by_id[group["trunk"].id]
-        runs = [trunk] + [by_id[b.id] for b in group["branches"]]
+        runs = [by_id[group["trunk"].id]] + [by_id[b.id] for b in group["branches"]]
         if any(r.state != "done" for r in runs):
             raise UserError(f"group {group['trunk'].shape} E={group['trunk'].experts} is not finished "
                             f"({', '.join(r.id for r in runs if r.state != 'done')}); run `moe-jax sweep run` first")
-        tokens += sum(r.result["own_tokens"] for r in runs)
-        wall += sum(r.result["own_wall_time_s"] for r in runs)
-        seconds_per_token = trunk.result["own_wall_time_s"] / trunk.result["own_tokens"]
-        independent_wall += seconds_per_token * sum(b.budget for b in group["branches"])
-    return {"tokens": int(tokens), "wall_s": wall, "independent_wall_s": independent_wall}
+        out["tokens"] += sum(r.result["own_tokens"] for r in runs)
+        out["wall_s"] += sum(r.result["own_wall_time_s"] for r in runs)
+        out["step_s"] += sum(r.result["own_step_time_s"] for r in runs)
+        for branch in group["branches"]:
+            wall, step = _independent_cost(runs[0].result, branch.budget)
+            out["independent_wall_s"] += wall
+            out["independent_step_s"] += step
+    out["tokens"] = int(out["tokens"])
+    return out
 
 
 def control_pairs(records) -> list[dict]:
     """Each done control with the done branch of the same (shape, E, T): losses, gap, wall times."""
     branches = {(r.spec.shape, r.spec.experts, r.spec.budget): r for r in records if r.spec.kind == "branch"}
+    trunks = {(r.spec.shape, r.spec.experts): r.result for r in records if r.spec.kind == "trunk"}
     pairs = []
     for control in records:
         if control.spec.kind != "control" or control.state != "done":
@@ -74,7 +88,9 @@ def control_pairs(records) -> list[dict]:
         pairs.append({"shape": control.spec.shape, "experts": control.spec.experts, "tokens": control.spec.budget,
                       "branch_loss": branch.result["loss"], "control_loss": control.result["loss"],
                       "gap": branch.result["loss"] - control.result["loss"],
-                      "control_wall_s": control.result["own_wall_time_s"], "branch": branch, "control": control})
+                      "control_wall_s": control.result["own_wall_time_s"],
+                      "priced_wall_s": _independent_cost(trunks[(control.spec.shape, control.spec.experts)], control.spec.budget)[0],
+                      "branch": branch, "control": control})
     return pairs
 
 
@@ -89,6 +105,8 @@ def reuse_report(registry) -> dict:
         "measured_token_ratio": measured["tokens"] / analytic["independent_tokens"],
         "wall_s": measured["wall_s"], "independent_wall_s": measured["independent_wall_s"],
         "measured_wall_ratio": measured["wall_s"] / measured["independent_wall_s"],
+        "step_s": measured["step_s"], "independent_step_s": measured["independent_step_s"],
+        "measured_step_ratio": measured["step_s"] / measured["independent_step_s"],
         "pairs": control_pairs(records),
     }
 
@@ -99,18 +117,22 @@ def format_report(report: dict) -> str:
         f"tokens: {r['measured_tokens']:,} trained with reuse vs {r['independent_tokens']:,} for independent runs",
         f"  token ratio  analytic ((1-f)·T_max + f·ΣT)/ΣT = {r['analytic_token_ratio']:.4f}   "
         f"measured = {r['measured_token_ratio']:.4f}",
-        f"  wall time    {r['wall_s']:.1f} s with reuse vs {r['independent_wall_s']:.1f} s independent "
-        f"(priced at each trunk's s/token): ratio {r['measured_wall_ratio']:.4f} "
-        f"({r['measured_wall_ratio'] / r['analytic_token_ratio'] - 1:+.1%} vs the token ratio)",
+        f"  wall time    {r['wall_s']:.1f} s with reuse vs {r['independent_wall_s']:.1f} s independent: ratio "
+        f"{r['measured_wall_ratio']:.4f} ({r['measured_wall_ratio'] / r['analytic_token_ratio'] - 1:+.1%} vs the token ratio)",
+        f"  step time    {r['step_s']:.1f} s with reuse vs {r['independent_step_s']:.1f} s independent: ratio "
+        f"{r['measured_step_ratio']:.4f} ({r['measured_step_ratio'] / r['analytic_token_ratio'] - 1:+.1%} vs the token ratio)",
+        "  (independent runs priced from each group's trunk: its fixed start-up/compile/eval seconds per run "
+        "plus its seconds per token)",
     ]
     if not r["pairs"]:
         lines.append("no finished control runs: add `controls` to the grid to compare branches with independent runs")
     else:
         lines.append(f"branch vs control (independent trapezoidal run), held-out loss at the eval capacity factor:")
-        lines.append(f"  {'shape':<8} {'E':>3} {'tokens':>12} {'branch':>8} {'control':>8} {'gap':>9}")
+        lines.append(f"  {'shape':<8} {'E':>3} {'tokens':>12} {'branch':>8} {'control':>8} {'gap':>9} "
+                     f"{'control wall s':>15} {'priced':>8}")
         for p in r["pairs"]:
             lines.append(f"  {p['shape']:<8} {p['experts']:>3} {p['tokens']:>12,} {p['branch_loss']:>8.4f} "
-                         f"{p['control_loss']:>8.4f} {p['gap']:>+9.4f}")
+                         f"{p['control_loss']:>8.4f} {p['gap']:>+9.4f} {p['control_wall_s']:>15.1f} {p['priced_wall_s']:>8.1f}")
     return "\n".join(lines)
 
 
