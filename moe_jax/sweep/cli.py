@@ -1,6 +1,7 @@
 """`moe-jax sweep plan | run | status | collect`: scaling-law sweeps with checkpoint reuse.
 
     moe-jax sweep plan --grid smoke --dir sweeps/smoke      # expand the grid into runs, create the registry
+                       [--runs-root DIR] [--config.SECTION.FIELD=VALUE …]  # shared overrides for every run
     moe-jax sweep run --dir sweeps/smoke [--parallel 2]     # train what is ready; re-run to continue
     moe-jax sweep status --dir sweeps/smoke [--rescan]      # progress, ETA, failures
     moe-jax sweep collect --dir sweeps/smoke --out runs.csv # the table `moe-jax fit` reads
@@ -21,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--grid", required=True, help="built-in grid (smoke, cpu, paper) or the path of a grid .py file")
     plan.add_argument("--dir", required=True, help="sweep directory: registry, logs, and runs/ (the workdirs)")
     plan.add_argument("--runs-root", help="where the run workdirs go (default DIR/runs)")
+    plan.epilog = ("Add shared overrides for every run as --config.SECTION.FIELD=VALUE, "
+                   "e.g. --config.data.fineweb_path=/data/fineweb for the paper grid.")
     run = sub.add_parser("run", help="train ready runs in dependency order; safe to kill and re-run")
     run.add_argument("--dir", required=True, help="sweep directory created by `sweep plan`")
     run.add_argument("--parallel", type=int, default=1, metavar="N", help="runs trained at once (default 1)")
@@ -34,23 +37,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     collect.add_argument("--kinds", default="branch,control", help="run kinds to include (default branch,control)")
 
 
-def plan_sweep(grid_spec: str, sweep_dir: str, runs_root: str | None = None):
-    """Expand the grid and create the registry; returns it."""
+def plan_sweep(grid_spec: str, sweep_dir: str, runs_root: str | None = None, overrides=()):
+    """Expand the grid (plus `--config.K=V` overrides for every run) and create the registry; returns it."""
+    from dataclasses import replace
+
     from moe_jax.sweep.grid import expand, load_grid
     from moe_jax.sweep.registry import Registry
 
     grid = load_grid(grid_spec)
+    extra = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not (key.startswith("--config.") and sep):
+            raise UserError(f"unrecognised argument {item!r}; shared overrides look like --config.SECTION.FIELD=VALUE")
+        extra[key[len("--config."):]] = value
+    grid = replace(grid, overrides={**grid.overrides, **extra})
     runs_root = runs_root or os.path.join(os.path.abspath(sweep_dir), "runs")
     if "://" not in runs_root:
         runs_root = os.path.abspath(runs_root)
     runs = expand(grid, runs_root)
-    return Registry.create(sweep_dir, runs, {"grid": grid.name, "grid_spec": grid_spec, "runs_root": runs_root})
+    return Registry.create(sweep_dir, runs, {"grid": grid.name, "grid_spec": grid_spec, "runs_root": runs_root,
+                                             "overrides": list(overrides)})
 
 
-def _plan(args) -> int:
+def _plan(args, extra) -> int:
     from moe_jax.sweep.reuse import token_ratio
 
-    registry = plan_sweep(args.grid, args.dir, args.runs_root)
+    registry = plan_sweep(args.grid, args.dir, args.runs_root, extra)
     runs = registry.runs()
     kinds = {k: sum(r.spec.kind == k for r in runs) for k in ("trunk", "branch", "control")}
     ratio = token_ratio([r.spec for r in runs])
@@ -106,5 +119,7 @@ def _collect(args) -> int:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.action == "plan":
+        return _plan(args, extra)
     reject_extra(extra)
-    return {"plan": _plan, "run": _run, "status": _status, "collect": _collect}[args.action](args)
+    return {"run": _run, "status": _status, "collect": _collect}[args.action](args)

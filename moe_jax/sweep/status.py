@@ -58,15 +58,15 @@ def format_status(registry) -> str:
     """The status table, then failures and runs blocked by them, each with its one-line error."""
     p = progress(registry)
     lines = [f"sweep {registry.dir}  ({registry.meta().get('grid', '?')} grid)",
-             f"{'kind':<8} {'done':>9} {'running':>8} {'failed':>7} {'tokens done / total':>26}"]
+             f"{'kind':<8} {'done':>9} {'running':>8} {'failed':>7} {'tokens done / total':>32}"]
     for kind in KINDS:
         r = p["kinds"].get(kind)
         if r:
             lines.append(f"{kind:<8} {r['done']:>4}/{r['runs']:<4} {r.get('running', 0):>8} {r.get('failed', 0):>7} "
-                         f"{r['tokens_done']:>12,} / {r['tokens']:<12,}")
+                         f"{r['tokens_done']:>18,} / {r['tokens']:<18,}")
     total = {k: sum(r[k] for r in p["kinds"].values()) for k in ("runs", "done", "tokens", "tokens_done")}
     lines.append(f"{'all':<8} {total['done']:>4}/{total['runs']:<4} {'':>8} {'':>7} "
-                 f"{total['tokens_done']:>12,} / {total['tokens']:<12,}")
+                 f"{total['tokens_done']:>18,} / {total['tokens']:<18,}")
     share = p["flops_done"] / p["flops"] if p["flops"] else 0.0
     lines.append(f"compute {share:.0%} of {p['flops']:.3g} FLOPs; ETA {_duration(p['eta_s']) if share < 1 else 'done'}")
     for record in registry.runs():
