@@ -158,14 +158,18 @@ def test_sigkill_of_sweep_run_during_a_trunk_then_rerun_matches(smoke, tmp_path)
 @pytest.mark.slow
 def test_sigkill_during_trunk_and_branch_and_of_a_child_then_rerun_matches(smoke, tmp_path):
     sweep = tmp_path / "sweep"
-    _cli("sweep", "plan", "--grid", _micro_grid(tmp_path, (20480, 61440)), "--dir", sweep)
+    _cli("sweep", "plan", "--grid", _micro_grid(tmp_path, (40960, 61440)), "--dir", sweep)
     runs = sweep / "runs"
     _kill_runner_mid_run(sweep, runs / "d16_E1_trunk", rows=20)
-    _kill_runner_mid_run(sweep, runs / "d16_E1_T20480", rows=17)  # the branch starts at step 16
+    _kill_runner_mid_run(sweep, runs / "d16_E1_T40960", rows=2)  # 2 of the branch's 8 steps (33 … 40)
     runner = _start_runner(sweep)
-    _wait_rows(runs / "d16_E1_T61440", 50, runner)
+    _wait_rows(runs / "d16_E1_T61440", 3, runner)  # 3 of 12 steps
     os.kill(_train_pid(runs / "d16_E1_T61440"), signal.SIGKILL)  # a child dies: the runner resumes it
     assert runner.wait(timeout=900) == 0
     _cli("sweep", "collect", "--dir", sweep, "--out", sweep / "runs.csv")
-    expected = {k: v for k, v in _rows(smoke / "runs.csv").items() if k in {("branch", "1", "20480"), ("branch", "1", "61440")}}
+    expected = {k: v for k, v in _rows(smoke / "runs.csv").items() if k in {("branch", "1", "40960"), ("branch", "1", "61440")}}
     assert _rows(sweep / "runs.csv") == expected
+    from moe_jax.sweep.registry import Registry
+
+    attempts = {r.id: (r.attempts, r.failures) for r in Registry.open(sweep).runs()}
+    assert attempts == {"d16_E1_trunk": (2, 0), "d16_E1_T40960": (2, 0), "d16_E1_T61440": (2, 0)}

@@ -104,8 +104,8 @@ def load_grid(spec: str) -> Grid:
     missing = [f for f in ("base", "shapes", "experts", "budgets") if f not in raw]
     unknown = [f for f in raw.keys() if f not in GRID_FIELDS]
     if missing or unknown:
-        raise ConfigError(f"grid {spec!r}: {'missing field ' + repr(missing[0]) if missing else 'unknown field ' + repr(unknown[0])}"
-                          f"; a grid has {', '.join(GRID_FIELDS)}")
+        problem = f"missing field {missing[0]!r}" if missing else f"unknown field {unknown[0]!r}"
+        raise ConfigError(f"grid {spec!r}: {problem}; a grid has {', '.join(GRID_FIELDS)}")
     shapes = {name: tuple(int(x) for x in value) for name, value in raw.shapes.items()}
     return Grid(name=Path(path).stem if os.path.isfile(path) else path, base=raw.base,
                 overrides=_flatten(raw.get("overrides")), shapes=shapes, experts=tuple(int(e) for e in raw.experts),

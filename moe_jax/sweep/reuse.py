@@ -82,14 +82,15 @@ def control_pairs(records) -> list[dict]:
     for control in records:
         if control.spec.kind != "control" or control.state != "done":
             continue
-        branch = branches.get((control.spec.shape, control.spec.experts, control.spec.budget))
+        key = (control.spec.shape, control.spec.experts, control.spec.budget)
+        branch = branches.get(key)
         if branch is None or branch.state != "done":
             continue
         pairs.append({"shape": control.spec.shape, "experts": control.spec.experts, "tokens": control.spec.budget,
                       "branch_loss": branch.result["loss"], "control_loss": control.result["loss"],
                       "gap": branch.result["loss"] - control.result["loss"],
                       "control_wall_s": control.result["own_wall_time_s"],
-                      "priced_wall_s": _independent_cost(trunks[(control.spec.shape, control.spec.experts)], control.spec.budget)[0],
+                      "priced_wall_s": _independent_cost(trunks[key[:2]], key[2])[0],
                       "branch": branch, "control": control})
     return pairs
 
@@ -113,14 +114,14 @@ def reuse_report(registry) -> dict:
 
 def format_report(report: dict) -> str:
     r = report
+    analytic = r["analytic_token_ratio"]
     lines = [
         f"tokens: {r['measured_tokens']:,} trained with reuse vs {r['independent_tokens']:,} for independent runs",
-        f"  token ratio  analytic ((1-f)·T_max + f·ΣT)/ΣT = {r['analytic_token_ratio']:.4f}   "
-        f"measured = {r['measured_token_ratio']:.4f}",
+        f"  token ratio  analytic ((1-f)·T_max + f·ΣT)/ΣT = {analytic:.4f}   measured = {r['measured_token_ratio']:.4f}",
         f"  wall time    {r['wall_s']:.1f} s with reuse vs {r['independent_wall_s']:.1f} s independent: ratio "
-        f"{r['measured_wall_ratio']:.4f} ({r['measured_wall_ratio'] / r['analytic_token_ratio'] - 1:+.1%} vs the token ratio)",
+        f"{r['measured_wall_ratio']:.4f} ({r['measured_wall_ratio'] / analytic - 1:+.1%} vs the token ratio)",
         f"  step time    {r['step_s']:.1f} s with reuse vs {r['independent_step_s']:.1f} s independent: ratio "
-        f"{r['measured_step_ratio']:.4f} ({r['measured_step_ratio'] / r['analytic_token_ratio'] - 1:+.1%} vs the token ratio)",
+        f"{r['measured_step_ratio']:.4f} ({r['measured_step_ratio'] / analytic - 1:+.1%} vs the token ratio)",
         "  (independent runs priced from each group's trunk: its fixed start-up/compile/eval seconds per run "
         "plus its seconds per token)",
     ]
@@ -132,7 +133,8 @@ def format_report(report: dict) -> str:
                      f"{'control wall s':>15} {'priced':>8}")
         for p in r["pairs"]:
             lines.append(f"  {p['shape']:<8} {p['experts']:>3} {p['tokens']:>12,} {p['branch_loss']:>8.4f} "
-                         f"{p['control_loss']:>8.4f} {p['gap']:>+9.4f} {p['control_wall_s']:>15.1f} {p['priced_wall_s']:>8.1f}")
+                         f"{p['control_loss']:>8.4f} {p['gap']:>+9.4f} {p['control_wall_s']:>15.1f} "
+                         f"{p['priced_wall_s']:>8.1f}")
     return "\n".join(lines)
 
 
