@@ -116,3 +116,12 @@ def test_branch_from_point_equals_direct_run_and_leaves_trunk_untouched(trunk, t
 def test_branch_before_its_point_exists_fails_clearly(trunk, tmp_path):
     with pytest.raises(UserError, match=r"has not written this branch point yet \(written: \[512, 1024\]\)"):
         train(tiny_config(steps=0, tokens=1280.0, init_from=f"{trunk}@768"), tmp_path, data_module=FakeData)
+
+
+@pytest.mark.parametrize("budget", [700, 1000, 3000, 5555])
+def test_suggested_budget_is_the_nearest_valid_one(budget):
+    bounds = set(_brute_boundaries(20_000, **RAMP))
+    valid = [b for b in bounds if (0.8 * b).is_integer() and int(0.8 * b) in bounds]
+    nearest = min(abs(b - budget) for b in valid)
+    suggested = branching.suggest_budget(budget, 0.2, RAMP)
+    assert suggested in valid and abs(suggested - budget) == nearest

@@ -31,8 +31,11 @@ def _ramp(config) -> dict:
 
 
 def point_tokens(budget: float, decay_fraction: float) -> float:
-    """Tokens at which a branch for `budget` leaves the trunk: (1 − decay_fraction)·budget."""
-    return (1.0 - decay_fraction) * float(budget)
+    """Tokens at which a branch for `budget` leaves the trunk: (1 − decay_fraction)·budget (an exact integer
+    when it is one up to float rounding, e.g. 0.8 · 20480 = 16384)."""
+    point = (1.0 - decay_fraction) * float(budget)
+    nearest = float(round(point))
+    return nearest if abs(point - nearest) <= 1e-9 * max(1.0, point) else point
 
 
 def _on_step(tokens: float, ramp: dict) -> bool:
@@ -41,18 +44,18 @@ def _on_step(tokens: float, ramp: dict) -> bool:
 
 def suggest_budget(budget: float, decay_fraction: float, ramp: dict) -> int:
     """The budget nearest `budget` for which both the branch point and the budget itself end a step."""
-    step, _ = schedules.boundary_at_or_below(budget, **ramp)
-    per = schedules.batch_size_at(budget, **{k: v for k, v in ramp.items() if k != "seq_len"}) * ramp["seq_len"]
-    best = None
-    for k in range(-4 * 1024, 4 * 1024):  # candidate budgets: step ends near `budget`
-        candidate = schedules.boundary_at_or_below(max(budget + k * per, per), **ramp)[1]
-        if candidate > 0 and _on_step(point_tokens(candidate, decay_fraction), ramp):
-            if best is None or abs(candidate - budget) < abs(best - budget):
-                best = candidate
-    if best is None:
-        raise ConfigError(f"no budget near {budget:g} tokens has its branch point on a step boundary; "
-                          f"choose train.decay_fraction so that (1 − fraction)·budget is a multiple of the batch")
-    return int(best)
+    batch = {k: v for k, v in ramp.items() if k != "seq_len"}
+    down = schedules.boundary_at_or_below(budget, **ramp)[1]  # step ends ≤ budget, walking down
+    up = down + schedules.batch_size_at(down, **batch) * ramp["seq_len"]  # step ends > budget, walking up
+    for _ in range(200_000):  # merge both walks: candidates nearest `budget` first
+        if down > 0 and budget - down <= up - budget:
+            candidate, down = down, schedules.boundary_at_or_below(down - 1, **ramp)[1]
+        else:
+            candidate, up = up, up + schedules.batch_size_at(up, **batch) * ramp["seq_len"]
+        if _on_step(point_tokens(candidate, decay_fraction), ramp):
+            return int(candidate)
+    raise ConfigError(f"no budget near {budget:g} tokens has its branch point on a step boundary; "
+                      f"choose train.decay_fraction so that (1 − fraction)·budget is a multiple of the batch")
 
 
 def branch_points(config) -> list[tuple[int, int, int]]:
