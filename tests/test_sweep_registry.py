@@ -82,6 +82,12 @@ def test_budget_smaller_than_warmup_is_one_line_error(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_malformed_grid_is_one_line_error(tmp_path):
+    path = _user_grid(tmp_path, **{'grid.shapes = {"d16": (16, 1, 1)}': 'grid.shapes = {"d16": (16, 1)}'})
+    with pytest.raises(ConfigError, match=r"shapes must map names to \(d_model, n_layers, n_heads\)"):
+        load_grid(path)
+
+
 def test_off_step_budget_suggests_a_valid_one(tmp_path):
     grid = load_grid(_user_grid(tmp_path, **{"grid.budgets = (20480, 40960, 61440)": "grid.budgets = (20000, 40960)"}))
     with pytest.raises(ConfigError, match=r"budget 20000.*use e\.g\. 20480"):

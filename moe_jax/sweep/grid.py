@@ -17,14 +17,13 @@ and the controls. Each run is `moe-jax train --config BASE --workdir W --config.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ml_collections
 
-from moe_jax.errors import ConfigError, UserError
+from moe_jax.errors import ConfigError
 
 KINDS = ("trunk", "branch", "control")
 GRID_FIELDS = ("base", "overrides", "shapes", "experts", "budgets", "max_tokens_per_param", "controls", "control_seed")
@@ -106,13 +105,26 @@ def load_grid(spec: str) -> Grid:
     if missing or unknown:
         problem = f"missing field {missing[0]!r}" if missing else f"unknown field {unknown[0]!r}"
         raise ConfigError(f"grid {spec!r}: {problem}; a grid has {', '.join(GRID_FIELDS)}")
-    shapes = {name: tuple(int(x) for x in value) for name, value in raw.shapes.items()}
+    try:
+        shapes = {name: _positive_ints(value, 3) for name, value in raw.shapes.items()}
+        experts = _positive_ints(raw.experts)
+        budgets = tuple(sorted(_positive_ints(raw.budgets)))
+        controls = tuple((str(c[0]), *_positive_ints(c[1:], 2)) for c in raw.get("controls", ()))
+    except (TypeError, ValueError, IndexError):
+        raise ConfigError(f"grid {spec!r}: shapes must map names to (d_model, n_layers, n_heads), experts and budgets "
+                          f"be positive integers, controls be (shape, experts, budget) triples") from None
     return Grid(name=Path(path).stem if os.path.isfile(path) else path, base=raw.base,
-                overrides=_flatten(raw.get("overrides")), shapes=shapes, experts=tuple(int(e) for e in raw.experts),
-                budgets=tuple(sorted(int(b) for b in raw.budgets)),
-                max_tokens_per_param=float(raw.get("max_tokens_per_param", 0.0)),
-                controls=tuple((str(s), int(e), int(t)) for s, e, t in raw.get("controls", ())),
+                overrides=_flatten(raw.get("overrides")), shapes=shapes, experts=experts, budgets=budgets,
+                max_tokens_per_param=float(raw.get("max_tokens_per_param", 0.0)), controls=controls,
                 control_seed=int(raw.get("control_seed", 0)))
+
+
+def _positive_ints(values, length: int | None = None) -> tuple[int, ...]:
+    """`values` as a tuple of positive integers (of `length` items); ValueError otherwise."""
+    out = tuple(int(v) for v in values)
+    if any(o != v or o < 1 for o, v in zip(out, values)) or (length is not None and len(out) != length):
+        raise ValueError(values)
+    return out
 
 
 def shape_overrides(grid: Grid, shape: str, experts: int) -> dict:
@@ -204,9 +216,6 @@ def expand(grid: Grid, runs_root: str) -> list[RunSpec]:
     """All runs of the grid (trunks, branches, controls), workdirs under `runs_root`."""
     if not grid.shapes or not grid.experts or not grid.budgets:
         raise ConfigError(f"grid {grid.name!r} needs at least one shape, expert count and budget")
-    bad = [b for b in grid.budgets if not (b > 0 and math.isfinite(b))]
-    if bad:
-        raise UserError(f"grid {grid.name!r}: budgets must be positive token counts, got {bad[0]!r}")
     runs = []
     for shape in grid.shapes:
         for experts in grid.experts:
