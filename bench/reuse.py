@@ -1,6 +1,6 @@
 """Benchmark: what checkpoint reuse saves on a sweep grid, measured against the analytic ratio.
 
-    python bench/reuse.py [--grid smoke|cpu|PATH] [--dir DIR] [--parallel 1] [--json]
+    python bench/reuse.py [--grid smoke|cpu|bench/reuse_cpu_small.py|PATH] [--dir DIR] [--parallel 1] [--json]
 
 Plans the grid in DIR (unless DIR already holds a sweep), runs or continues it (`moe-jax sweep run`;
 an already finished sweep is only read), then prints the reuse report's ratios, each from this one sweep:

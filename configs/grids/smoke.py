@@ -1,6 +1,6 @@
 """The CI sweep: one byte-level d 16 shape, E ∈ {1, 4}, three budgets of 20–61 k tokens, one control.
 
-9 runs (2 trunks, 6 branches, 1 control); about a minute on 2 CPU cores.
+9 runs (2 trunks, 6 branches, 1 control); 1–2 minutes on an idle 2-core CPU (81 s of CPU time, measured).
 
     moe-jax sweep plan --grid smoke --dir sweeps/smoke && moe-jax sweep run --dir sweeps/smoke
 """
