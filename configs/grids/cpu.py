@@ -3,16 +3,17 @@
 Shape rule scaled down: head dim 16 and layers = heads = d/16 (the paper: 64 and d/64), SwiGLU 3·d,
 byte-level vocabulary (259 ids) so FFN parameters are a large share of N_act (README demo analysis).
 N_act incl. embeddings: d16 11.7 K, d32 43.5 K, d48 115 K, d64 247 K (21× span). Budgets 1–8 M tokens
-(1,024,000 · 2^k: both T and 0.8·T end a 4,096-token step), 30–700 tokens per active parameter.
+(1,024,000 · 2^k: both T and 0.8·T end a 4,096-token step), 4–700 tokens per active parameter.
 
 82 runs: 16 trunks to 6.55 M tokens, 64 cooldown branches, 2 controls (independent trapezoidal runs of
 d32 E=8 at 4 M and 8 M tokens, with other seeds: train.seed and data.seed + 1). Tokens: 154 M with reuse
 instead of 246 M independent (0.627×).
 
-Time on a 2-core CPU, from step throughput measured on this machine (seq 128 × batch 32, tokens/s for
-E=1 / E=8: d16 185 K / 128 K, d32 ~120 K / 83 K, d48 ~50 K, d64 ~20 K) plus ~8 s of start-up per run:
-about 55 min of steps + 11 min of start-up ≈ 70 min with `--parallel 1` (budget: ~100 min). Interrupted
-sweeps resume: re-run `moe-jax sweep run --dir DIR`.
+Time on a 2-core CPU, from step throughput measured on this (shared) machine with these settings
+(tokens/s for E=1 / E=8: d16 261 K / 209 K, d32 46 K / 35 K, d48 24 K / 31 K, d64 21 K / 16 K; 400 k-token
+runs, `bench/reuse.py` shows the same per-token cost in sweeps): ~77 min of training steps for the 16
+groups + ~6 min for the 2 controls + ~11 min of per-run start-up (82 runs × ~8 s) ≈ 95 min with
+`--parallel 1`. Interrupted sweeps resume: re-run `moe-jax sweep run --dir DIR`.
 
     moe-jax sweep plan --grid cpu --dir sweeps/cpu && moe-jax sweep run --dir sweeps/cpu
 """
