@@ -185,7 +185,8 @@ def test_run_failing_twice_is_failed_with_its_error_and_blocks_its_branches(tmp_
     from moe_jax.sweep.status import format_status
 
     reg = _registry(tmp_path, _local_runs(tmp_path, smoke_runs))
-    backend = FakeBackend(codes={"d16_E4_trunk": [2], "d16_E1_T20480": [-9, 0]})  # a crash; a SIGKILLed branch
+    # A crash (exit 2, twice); a SIGKILLed branch; a branch preempted (SIGTERM: saved, 143) then Ctrl-C'd (130).
+    backend = FakeBackend(codes={"d16_E4_trunk": [2], "d16_E1_T20480": [-9, 0], "d16_E1_T40960": [143, 130, 0]})
     backend.registry = reg
     _fake_results(monkeypatch, backend)
     counts = run_sweep(reg, backend, parallel=1, poll_s=0, say=lambda m: None)
@@ -194,6 +195,8 @@ def test_run_failing_twice_is_failed_with_its_error_and_blocks_its_branches(tmp_
     assert trunk.error == "exit 2: moe-jax train: error: boom in d16_E4_trunk"
     killed = reg.get("d16_E1_T20480")  # killed once: resumed, not a failure
     assert (killed.state, killed.attempts, killed.failures) == ("done", 2, 0)
+    stopped = reg.get("d16_E1_T40960")
+    assert (stopped.state, stopped.attempts, stopped.failures) == ("done", 3, 0)
     assert counts == {"pending": 3, "running": 0, "done": 5, "failed": 1}
     status = format_status(reg)
     assert "FAILED d16_E4_trunk: exit 2: moe-jax train: error: boom in d16_E4_trunk" in status

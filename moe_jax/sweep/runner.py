@@ -34,6 +34,7 @@ from moe_jax.errors import UserError
 from moe_jax.sweep.results import read_result
 
 EXIT_PREEMPTED = 143  # moe-jax train saved and stopped on SIGTERM
+EXIT_INTERRUPTED = 130  # moe-jax train stopped by Ctrl-C (SIGINT reaches the whole process group)
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def _finish(registry, record, ended: Exit, say) -> None:
         return
     if ended.code == 0:
         ended = Exit(1, "exit 0 but no complete summary.json in the workdir")
-    if ended.code == EXIT_PREEMPTED or ended.code < 0:
+    if ended.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) or ended.code < 0:
         state = registry.mark_interrupted(record.id, ended.error or f"exit {ended.code}")
         say(f"stopped  {record.id} ({ended.error or 'signal'}); {'will resume' if state == 'pending' else 'failed'}")
         return
