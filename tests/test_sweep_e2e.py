@@ -106,6 +106,16 @@ def _micro_grid(tmp_path, budgets: tuple) -> Path:
     return path
 
 
+def test_branches_start_while_their_trunk_trains(smoke, tmp_path):
+    sweep = tmp_path / "sweep"
+    _cli("sweep", "plan", "--grid", _micro_grid(tmp_path, (20480, 40960, 61440)), "--dir", sweep)
+    log = _cli("sweep", "run", "--dir", sweep, "--parallel", "2").stdout.splitlines()
+    events = [" ".join(line.split()[:2]) for line in log]
+    assert events.index("start d16_E1_T20480") < events.index("done d16_E1_trunk:")  # from its branch point at step 16
+    _cli("sweep", "collect", "--dir", sweep, "--out", sweep / "runs.csv")
+    assert _rows(sweep / "runs.csv") == {k: v for k, v in _rows(smoke / "runs.csv").items() if k[1] == "1"}
+
+
 def _start_runner(sweep) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "moe_jax.cli", "sweep", "run", "--dir", str(sweep)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
