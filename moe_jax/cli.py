@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("moe_jax.data.cli", "prepare and inspect datasets and vocabularies"),
     "train": ("moe_jax.train.cli", "train a dense or MoE model from a config"),
     "demo": ("moe_jax.train.demo", "train dense and E=8 tiny models on the embedded corpus, compare losses"),
+    "sweep": ("moe_jax.sweep.cli", "plan, run, watch and collect a scaling-law sweep with checkpoint reuse"),
+    "reuse-report": ("moe_jax.sweep.cli_reuse", "tokens and time saved by checkpoint reuse; branch vs control loss"),
     "tpu": ("moe_jax.tpu.cli", "create, set up, run on and delete Cloud TPU slices (gcloud queued resources)"),
 }
 
@@ -96,7 +98,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="moe-jax",
         description="Joint MoE scaling laws: plan, train, sweep and fit Mixture-of-Experts LMs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {n:<11} {h}" for n, (_, h) in COMMANDS.items()),
+        epilog="commands:\n" + "\n".join(f"  {n:<13} {h}" for n, (_, h) in COMMANDS.items()),
     )
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of the commands below")
     return parser

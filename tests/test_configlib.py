@@ -48,7 +48,7 @@ def test_tiny_is_a_small_valid_moe():
 @pytest.mark.parametrize("spec, overrides, match", [
     ("configs/missing.py", [], "config file not found"),
     ("configs/tiny.txt", [], "config file not found"),
-    ("tinyy", [], "unknown config 'tinyy'.*demo, paper, tiny"),
+    ("tinyy", [], "unknown config 'tinyy'.*demo, (grids/[a-z]+, )*paper, tiny"),
     (TINY, ["--config.model.d_modle=3"], "unknown config field 'model.d_modle'.*fields of model: .*d_model"),
     (TINY, ["--config.optim.lr=3"], "unknown config field 'optim'"),
     (TINY, ["--config.model.experts=abc"], "config.model.experts=abc"),

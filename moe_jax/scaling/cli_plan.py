@@ -12,6 +12,7 @@ from moe_jax.scaling import constants, counting, fitted_range, optimal
 from moe_jax.scaling.cli_law import parse_positive
 from moe_jax.scaling.counting import format_count
 from moe_jax.scaling.law import load_law
+from moe_jax.scaling.plan_config import write_plan_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory plan over d_model multiples of 64 (integer layers, head dim 64)")
     parser.add_argument("--plot", metavar="DIR", help="write loss_vs_flops.png and memory_optimal_map.png into DIR")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of tables")
+    parser.add_argument("--write-config", metavar="PATH",
+                        help="write the recommended configuration as a runnable train config .py (integer shape)")
 
 
 def parse_experts(text: str | None, law) -> tuple[int, ...]:
@@ -189,10 +192,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         warn("plan", line)
     if args.plot:
         plan["plots"] = write_plots(plan, args, args.plot)
+    if args.write_config:
+        plan["config_file"] = str(write_plan_config(plan, recommendation(plan), args.write_config))
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
         print(format_plan(plan))
         for p in plan.get("plots", []):
             print(f"wrote {p}")
+        if args.write_config:
+            print(f"wrote {plan['config_file']}: moe-jax train --config {plan['config_file']} --workdir DIR")
     return 0

@@ -83,8 +83,14 @@ def restore_branch_point(spec: str, abstract_state):
     """(state, meta) from another run's checkpoint, `WORKDIR[:STEP]` (default: its newest step), read-only.
 
     Used to start cooldown branches from a constant-LR trunk (SPEC §5 checkpoint reuse); the trunk's
-    directory is never modified, so it may still be training.
+    directory is never modified, so it may still be training. `TRUNK_WORKDIR@TOKENS` names one of the
+    trunk's token-indexed branch points instead (moe_jax.train.branching).
     """
+    from moe_jax.train import branching
+
+    point = branching.parse_point_spec(spec)
+    if point is not None:
+        return branching.restore_point(*point, abstract_state)
     path, _, step_text = spec.partition(":")
     directory = Path(path).absolute() / "checkpoints"
     if not directory.is_dir() or (step_text and not step_text.isdigit()):

@@ -31,7 +31,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.weight_decay = 0.1  # AdamW decoupled weight decay, applied to all parameters
     c.grad_clip = 0.1  # global-norm gradient clipping threshold
     c.seed = 0  # model-initialisation RNG seed (the data order has its own data.seed)
-    c.init_from = ""  # start from another run's checkpoint, WORKDIR[:STEP] ('' = from scratch): cooldown branches of a constant-LR trunk
+    c.branch_budgets = ()  # trunk only (schedule 'constant'): save a branch point at (1 - decay_fraction)·T for each token budget T
+    c.init_from = ""  # start from another run's checkpoint, WORKDIR[:STEP] or a trunk's branch point TRUNK_WORKDIR@TOKENS ('' = from scratch): cooldown branches of a constant-LR trunk
     c.eval_every = 1000  # evaluate on the held-out split every N steps (0 = only at the end)
     c.eval_batches = 10  # held-out batches per evaluation
     c.eval_batch_size = 0  # sequences per held-out batch (0 = train.batch_size)
@@ -78,6 +79,8 @@ def validate_train_config(t) -> None:
         _need(isinstance(t[name], int) and t[name] >= 0, f"train.{name} must be an integer ≥ 0, got {t[name]!r}")
     for name in ("eval_batches", "keep_checkpoints", "log_every"):
         _need(isinstance(t[name], int) and t[name] > 0, f"train.{name} must be a positive integer, got {t[name]!r}")
+    _need(all(isinstance(b, (int, float)) and b > 0 for b in t.branch_budgets),
+          f"train.branch_budgets must be positive token counts, got {tuple(t.branch_budgets)!r}")
     _need(t.progress in PROGRESS_MODES, f"train.progress must be one of {', '.join(PROGRESS_MODES)}, got {t.progress!r}")
 
 
@@ -97,6 +100,9 @@ def validate(config, *, device_count: int | None = None) -> None:
     validate_train_config(config.train)
     m, t = config.model, config.train
     _need(m.d_model % m.n_heads == 0, f"model.d_model ({m.d_model}) is not divisible by model.n_heads ({m.n_heads})")
+    from moe_jax.train.branching import branch_points
+
+    branch_points(config)  # each branch point on a step boundary, after the warmup, within the trunk
     if device_count is None:
         import jax
 

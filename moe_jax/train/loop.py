@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from moe_jax.errors import ConfigError, UserError
 from moe_jax.scaling import counting
 from moe_jax.train import schedules
+from moe_jax.train.branching import BranchPointSaver
 from moe_jax.train.checkpointing import Checkpointer, restore_branch_point
 from moe_jax.train import workdir as run_dir
 from moe_jax.train.preflight import preflight, token_plan
@@ -94,6 +95,7 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
     data_iter = data_module.make_train_iterator(d, split="train", process_index=jax.process_index(),
                                                 process_count=jax.process_count())
     ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, use_async=t.async_checkpoints)
+    branch_saver = BranchPointSaver(config, workdir)  # trunk runs: state at each budget's branch point
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
     step, tokens, wall_before, last_eval = 0, 0, 0.0, {}
     restored = ckpt.restore_latest(abstract)
@@ -159,6 +161,7 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
                 step += 1
                 tokens += batch_size * d.seq_len
                 window_tokens += batch_size * d.seq_len
+                branch_saver.after_step(step, tokens, state, meta_now)
                 if step % t.log_every == 0 or step == total_steps:
                     now = time.time()
                     tps = window_tokens / max(now - window_t0, 1e-9)

@@ -67,3 +67,39 @@ def plan_run(*, steps: int, tokens: float, seq_len: int, final_batch: int, ramp_
         seen += batch_size_at(seen, final_batch, ramp_tokens, ramp_sizes) * seq_len
         n += 1
     return n, seen
+
+
+
+def _ramp_segments(seq_len: int, final_batch: int, ramp_tokens=(), ramp_sizes=()):
+    """(first_step, tokens_before, tokens_per_step, tokens_end) of each constant-batch stretch of the ramp.
+
+    Steps first_step+1, first_step+2, … each add tokens_per_step, from tokens_before while fewer than
+    tokens_end tokens have been seen (the last stretch has tokens_end = inf).
+    """
+    step, seen = 0, 0
+    for limit, size in [*zip(ramp_tokens, ramp_sizes), (math.inf, final_batch)]:
+        per = int(size) * seq_len
+        if seen >= limit:
+            continue
+        yield step, seen, per, limit
+        if math.isinf(limit):
+            return
+        n = math.ceil((limit - seen) / per)
+        step, seen = step + n, seen + n * per
+
+
+def boundary_at_or_below(tokens: float, *, seq_len: int, final_batch: int, ramp_tokens=(), ramp_sizes=()):
+    """(step, tokens seen) of the last step that ends at or before `tokens` under the ramp."""
+    for step, seen, per, limit in _ramp_segments(seq_len, final_batch, ramp_tokens, ramp_sizes):
+        n = math.ceil((limit - seen) / per) if not math.isinf(limit) else math.inf
+        if tokens < seen + n * per:
+            k = int((tokens - seen) // per)
+            return step + k, seen + k * per
+    raise AssertionError("unreachable: the last ramp segment is unbounded")
+
+
+def step_at_tokens(tokens: float, *, seq_len: int, final_batch: int, ramp_tokens=(), ramp_sizes=()) -> int | None:
+    """The step after which exactly `tokens` tokens have been seen under the ramp, or None if no step ends there."""
+    step, seen = boundary_at_or_below(tokens, seq_len=seq_len, final_batch=final_batch,
+                                      ramp_tokens=ramp_tokens, ramp_sizes=ramp_sizes)
+    return step if seen == tokens else None

@@ -1,0 +1,87 @@
+"""What a finished run produced (from its workdir) and the runs table `moe-jax fit` reads.
+
+    result = read_result(record)       # None until WORKDIR/summary.json is complete
+    rows = collect_rows(registry)      # one row per done branch/control run
+    write_csv(rows, "runs.csv")        # n_act, n_total, tokens, experts, loss, flops, d_model, n_layers, kind, run
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from moe_jax.errors import UserError
+
+CSV_COLUMNS = ("n_act", "n_total", "tokens", "experts", "loss", "flops", "d_model", "n_layers", "kind", "run")
+FIT_KINDS = ("branch", "control")  # trunks end at constant LR: not a point of the law
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, or half-written by a killed run
+        return None
+
+
+def _start_wall_time(spec) -> float:
+    """Wall time the run inherited from its branch point (0 for runs from scratch)."""
+    if not spec.start_tokens:
+        return 0.0
+    trunk_dir = spec.overrides["train.init_from"].rpartition("@")[0]
+    meta = _json(Path(trunk_dir) / "branch_points" / str(spec.start_tokens) / "meta" / "metadata")
+    return float(meta["wall_time_s"]) if meta else 0.0
+
+
+def train_seconds(workdir, start_tokens: int = 0) -> float:
+    """Seconds spent in training steps, from metrics.jsonl (each logged window's tokens / its tokens per second)."""
+    from moe_jax.train.metrics import read_metrics
+
+    seconds, seen = 0.0, start_tokens
+    for row in read_metrics(workdir, "train"):
+        if row.get("tokens_per_s"):
+            seconds += (row["tokens"] - seen) / row["tokens_per_s"]
+        seen = row["tokens"]
+    return seconds
+
+
+def read_result(record) -> dict | None:
+    """The run's result from WORKDIR/summary.json, or None while it has not finished."""
+    summary = _json(Path(record.workdir) / "summary.json")
+    if not summary or summary.get("preempted") or summary.get("final_eval_loss") is None:
+        return None
+    spec, model = record.spec, summary["config"]["model"]
+    return {
+        "n_act": summary["n_act"], "n_total": summary["n_total"], "experts": summary["experts"],
+        "tokens": summary["tokens"], "flops": summary["flops"], "loss": summary["final_eval_loss"],
+        "d_model": model["d_model"], "n_layers": model["n_layers"],
+        "own_tokens": summary["tokens"] - spec.start_tokens,  # tokens this run trained itself
+        "own_wall_time_s": summary["wall_time_s"] - _start_wall_time(spec),  # incl. start-up, compile, eval
+        "own_step_time_s": train_seconds(record.workdir, spec.start_tokens),  # training steps only
+    }
+
+
+def collect_rows(registry, kinds=FIT_KINDS) -> list[dict]:
+    """Rows of the done runs of `kinds`, in plan order."""
+    rows = []
+    for record in registry.runs("done"):
+        if record.spec.kind in kinds:
+            r = record.result
+            rows.append({**{k: r[k] for k in CSV_COLUMNS[:-2]}, "kind": record.spec.kind, "run": record.id})
+    return rows
+
+
+def write_csv(rows: list[dict], out) -> Path:
+    """Write the rows (CSV_COLUMNS) to `out`; UserError when nothing is finished or the file cannot be written."""
+    if not rows:
+        raise UserError("no finished branch or control runs to collect yet; see `moe-jax sweep status`")
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    except OSError as err:
+        raise UserError(f"cannot write {out}: {err.strerror}") from None
+    return out
