@@ -44,8 +44,9 @@ def test_written_config_has_integer_shape_exact_counts_and_trains(tmp_path):
 
 def test_written_config_trains_a_few_steps(tmp_path):
     path = tmp_path / "small.py"
-    assert _cli("plan", "--flops", "1e15", "--write-config", path).returncode == 0
-    overrides = ["--config.data.task=fixture", "--config.data.vocab_path=bytes", "--config.data.seq_len=32",
+    assert _cli("plan", "--flops", "1e17", "--write-config", path).returncode == 0
+    overrides = ["--config.data.task=fixture", "--config.data.vocab_path=bytes", "--config.model.vocab_size=259",
+                 "--config.data.seq_len=32",
                  "--config.train.steps=2", "--config.train.batch_size=2", "--config.train.batch_ramp_tokens=()",
                  "--config.train.batch_ramp_sizes=()", "--config.train.warmup_tokens=0.0",
                  "--config.train.eval_batches=1", "--config.train.progress=none", "--config.train.tensorboard=False",
@@ -54,7 +55,7 @@ def test_written_config_trains_a_few_steps(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["final_eval_loss"] > 0
-    assert summary["config"]["model"]["d_model"] == 64  # the plan's d_model 5 → the smallest paper shape
+    assert summary["config"]["model"]["d_model"] % 64 == 0  # an integer paper shape
 
 
 def test_write_config_needs_a_py_path(tmp_path):

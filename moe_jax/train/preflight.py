@@ -16,6 +16,7 @@ from pathlib import Path
 
 from moe_jax.errors import ConfigError
 from moe_jax.train import schedules
+from moe_jax.train.branching import parse_point_spec, saved_points
 from moe_jax.train.config import validate, validate_vocab_size
 
 SHORT_RUN_WARMUP_SHARE = 0.05  # warmup of a run too short for train.warmup_tokens, as a share of its tokens
@@ -48,7 +49,17 @@ def _clamp_warmup(config, total_tokens: int) -> str | None:
 
 
 def _check_init_from(spec: str, total_tokens: int) -> None:
-    """A branch source must be an existing checkpoint of another run, before this run's end (read-only)."""
+    """A branch source must be an existing checkpoint or branch point of another run, before this run's end."""
+    point = parse_point_spec(spec)  # TRUNK@TOKENS: a trunk's branch point
+    if point is not None:
+        trunk, tokens = point
+        if tokens > total_tokens:
+            raise ConfigError(f"train.init_from={spec!r} is at {tokens:,} tokens, past this run's {total_tokens:,}; "
+                              f"branch from an earlier point")
+        if tokens not in saved_points(trunk):
+            raise ConfigError(f"train.init_from={spec!r}: the trunk has not written this branch point yet (written: "
+                              f"{saved_points(trunk) or 'none'}); start the branch after the trunk passes {tokens:,} tokens")
+        return
     path, _, step = spec.partition(":")
     directory = Path(path) / "checkpoints"
     if not directory.is_dir():
