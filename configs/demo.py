@@ -16,6 +16,7 @@ import ml_collections
 from moe_jax.data.config import data_config
 from moe_jax.errors import ConfigError
 from moe_jax.model.config import model_config
+from moe_jax.parallel.mesh import mesh_config
 from moe_jax.train.config import train_config
 
 VARIANTS = {"dense": 1, "moe": 8}
@@ -58,4 +59,5 @@ def get_config(arg=None):
         eval_batches=32,  # 32 × 32 × 128 = 131 k held-out bytes
         checkpoint_every=500,
     )
+    config.mesh = mesh_config()  # device mesh: data (-1 = all devices) × fsdp × expert × tensor; e.g. --config.mesh.expert=4
     return config

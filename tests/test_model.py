@@ -149,8 +149,8 @@ def test_init_is_truncated_normal_with_paper_fan_in(down_fan_in):
     s = np.sqrt(0.1)  # embedding fan_in = 1: N(0, 0.316) cut at ±0.2 (SPEC §5: std ≈ 0.11)
     np.testing.assert_allclose(emb_std, stats.truncnorm(-0.2 / s, 0.2 / s, scale=s).std(), rtol=0.02)
     fan_in = 8 * 128 if down_fan_in == "experts" else 128
-    np.testing.assert_allclose(np.std(leaves["blocks/0/ffn/w_down"]), np.sqrt(0.1 / fan_in), rtol=0.03)
-    np.testing.assert_allclose(np.std(leaves["blocks/0/attn/wq"]), np.sqrt(0.1 / 32), rtol=0.03)
+    np.testing.assert_allclose(np.std(leaves["blocks/ffn/w_down"]), np.sqrt(0.1 / fan_in), rtol=0.03)
+    np.testing.assert_allclose(np.std(leaves["blocks/attn/wq"]), np.sqrt(0.1 / 32), rtol=0.03)
 
 
 def test_bfloat16_compute_keeps_f32_logits():

@@ -12,6 +12,7 @@ DISPATCHES = ("capacity", "dropless", "onehot", "loop")
 NORMS = ("layernorm", "rmsnorm")
 DTYPES = ("float32", "bfloat16")
 EXPERT_DOWN_FAN_INS = ("experts", "ffn")
+REMATS = ("none", "full", "save_dots")
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -38,6 +39,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.expert_down_fan_in = "experts"  # fan_in of W_2: 'experts' = E * ffn_hidden (paper) | 'ffn' = ffn_hidden
     cfg.compute_dtype = "float32"  # activation/matmul dtype: float32 | bfloat16 (router and logits stay f32)
     cfg.param_dtype = "float32"  # parameter storage dtype: float32 | bfloat16
+    cfg.token_groups = 0  # capacity groups: tokens split into G equal groups of whole sequences, each with its own
+    # capacity (the paper: per device over its local tokens); 0 = the devices the batch is split over (1 on one device)
+    cfg.scan_layers = True  # apply the stacked blocks with nnx.scan (compile time flat in depth) | a Python loop
+    cfg.remat = "none"  # recompute activations in the backward pass: none | full | save_dots (keep matmul outputs)
     for key, value in overrides.items():
         if key not in cfg:
             raise ConfigError(f"unknown model field {key!r}; valid fields: {', '.join(sorted(cfg.keys()))}")
@@ -83,5 +88,10 @@ def validate_model_config(cfg) -> None:
     _choice(cfg, "compute_dtype", DTYPES)
     _choice(cfg, "param_dtype", DTYPES)
     _choice(cfg, "expert_down_fan_in", EXPERT_DOWN_FAN_INS)
+    _choice(cfg, "remat", REMATS)
+    if isinstance(cfg.token_groups, bool) or not isinstance(cfg.token_groups, int) or cfg.token_groups < 0:
+        raise ConfigError(f"model.token_groups = {cfg.token_groups!r} must be an integer >= 0 (0 = one per device)")
+    if not isinstance(cfg.scan_layers, bool):
+        raise ConfigError(f"model.scan_layers = {cfg.scan_layers!r} must be true or false")
     if not isinstance(cfg.final_norm, bool):
         raise ConfigError(f"model.final_norm = {cfg.final_norm!r} must be true or false")
