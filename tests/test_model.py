@@ -194,3 +194,32 @@ def test_validation_names_the_field(field, value, match):
         validate_model_config(cfg)
     with pytest.raises(ConfigError, match="unknown model field"):
         model_config(d_modle=3)
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "save_dots"])
+def test_scanned_layers_equal_the_layer_loop_on_the_same_params(remat):
+    """Blocks are stacked [L, ...]; nnx.scan (with each remat policy) and a Python loop over layer slices agree."""
+    x = tokens(b=2, s=12)
+    looped = build_model(tiny(scan_layers=False, capacity_factor_train=0.5), nnx.Rngs(4))
+    scanned = build_model(tiny(scan_layers=True, remat=remat, capacity_factor_train=0.5), nnx.Rngs(4))
+    params = nnx.state(looped, nnx.Param)
+    assert params["blocks"]["attn"]["wq"].shape == (2, 32, 2, 16)
+    assert params["blocks"]["ffn"]["w_up"].get_metadata()["logical_axes"] == ("layers", "exp", "embed", "mlp")
+
+    def loss_and_grads(model):
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            logits, aux = nnx.merge(graphdef, state)(x)
+            return jnp.mean(logits**2) + aux["aux_loss"], (logits, aux)
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+
+    (l1, (logits1, aux1)), g1 = loss_and_grads(looped)
+    (l2, (logits2, aux2)), g2 = loss_and_grads(scanned)
+    np.testing.assert_allclose(logits2, logits1, rtol=1e-5, atol=1e-6)
+    for key in ("aux_loss", "dropped_fraction", "expert_load"):
+        np.testing.assert_allclose(aux2[key], aux1[key], rtol=1e-5, atol=1e-7)
+    assert float(aux1["dropped_fraction"]) > 0
+    for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

@@ -28,6 +28,10 @@ def dispatch_in_groups(name: str, groups: int, x, expert_idx, gates, weights, ca
     if mesh is not None and name in EXPERT_PARALLEL_DISPATCHES:
         return expert_parallel_moe(x, expert_idx, gates, *weights, capacity, mesh)
     fn = get_dispatch(name)
+    if not DROPPING[name]:  # without a capacity, groups do not matter: one call on all tokens
+        g, tg, d = x.shape
+        y, kept = fn(x.reshape(g * tg, d), expert_idx.reshape(g * tg, -1), gates.reshape(g * tg, -1), *weights, None)
+        return y.reshape(g, tg, d), kept.reshape(g, tg, -1)
     if groups == 1 or name == "loop":  # the eager loop reference cannot be vmapped
         outs = [fn(x[g], expert_idx[g], gates[g], *weights, capacity) for g in range(groups)]
         return jnp.stack([y for y, _ in outs]), jnp.stack([kept for _, kept in outs])

@@ -84,10 +84,60 @@ def _local_moe(x, expert_idx, gates, w_gate, w_up, w_down, *, capacity):
     return y, kept.reshape(gl, tg, k)
 
 
-def expert_parallel_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None, mesh):
+def _segment_ids(sizes, length: int):
+    """[length] id of the segment each row falls in, for consecutive segments of `sizes` [N] (N = past the end)."""
+    ends = jnp.cumsum(sizes)
+    return jnp.searchsorted(ends, jnp.arange(length), side="right")
+
+
+def _local_moe_ragged(x, expert_idx, gates, w_gate, w_up, w_down, *, exchange):
+    """Dropless per device with variable-size exchanges: x [Gl, Tg, D], expert_idx/gates [Gl, Tg, K] -> (y, kept).
+
+    Assignments sorted by expert travel to their expert's device with `exchange` (ragged_all_to_all), are
+    regrouped by local expert for grouped matmuls (`jax.lax.ragged_dot`), and travel back the same way.
+    """
+    gl, tg, d = x.shape
+    k = expert_idx.shape[-1]
+    n, el = gl * tg, w_gate.shape[0]
+    nx, me = jax.lax.axis_size("expert"), jax.lax.axis_index("expert")
+    e = el * nx
+    flat_e = expert_idx.reshape(-1).astype(jnp.int32)  # [A = N·K], token-major
+    order = jnp.argsort(flat_e, stable=True)  # [A] sorted by expert = by destination device
+    xs = jnp.take(x.reshape(n, d), order // k, axis=0)  # [A, D]
+    per_expert = jax.lax.all_gather(jnp.bincount(flat_e, length=e).astype(jnp.int32), "expert")  # [X, E]
+    counts = per_expert.reshape(nx, nx, el).sum(axis=-1)  # [X(source), X(destination)]
+    inp, send, out_off, recv = ragged_offsets(counts, me)
+    received = exchange(xs, jnp.zeros((nx * n * k, d), xs.dtype), inp, send, out_off, recv, axis_name="expert")
+    mine = jax.lax.dynamic_slice_in_dim(per_expert, me * el, el, axis=1)  # [X(source), El] rows per local expert
+    local_e = _segment_ids(mine.reshape(-1), nx * n * k) % el  # [X·A] local expert of each received row
+    local_e = jnp.where(jnp.arange(nx * n * k) < recv.sum(), local_e, el)  # unused rows sort last
+    regroup = jnp.argsort(local_e, stable=True)
+    rows, sizes = jnp.take(received, regroup, axis=0), mine.sum(axis=0)  # [X·A, D], [El]
+    h = jax.nn.silu(jax.lax.ragged_dot(rows, w_gate, sizes)) * jax.lax.ragged_dot(rows, w_up, sizes)
+    done = jnp.take(jax.lax.ragged_dot(h, w_down, sizes), jnp.argsort(regroup), axis=0)  # [X·A, D] received order
+    b_inp, b_send, b_out, b_recv = ragged_offsets(counts.T, me)  # the way back: every row to where it came from
+    back = exchange(done, jnp.zeros((n * k, d), done.dtype), b_inp, b_send, b_out, b_recv, axis_name="expert")
+    y = jnp.take(back, jnp.argsort(order), axis=0)  # [A, D] token-major
+    y = (y * gates.reshape(n * k, 1).astype(y.dtype)).reshape(n, k, d).sum(axis=1)
+    return y.reshape(gl, tg, d), jnp.ones(expert_idx.shape, bool)
+
+
+def uses_ragged_exchange(capacity) -> bool:
+    """Dropless dispatch on TPU/GPU exchanges exactly the routed rows; CPU has no ragged_all_to_all."""
+    return capacity is None and jax.default_backend() in ("tpu", "gpu")
+
+
+def expert_parallel_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None, mesh, *, exchange=None):
     """x [G, Tg, D], expert_idx/gates [G, Tg, K] (G split over data·fsdp·expert), weights [E, D, F]/[E, F, D]
-    (E split over `expert`) -> (y [G, Tg, D], kept [G, Tg, K]); capacity per group (None = dropless)."""
+    (E split over `expert`) -> (y [G, Tg, D], kept [G, Tg, K]); capacity per group (None = dropless).
+
+    Dropless uses worst-case buffers (C = Tg) on CPU and `jax.lax.ragged_all_to_all` on TPU/GPU;
+    `exchange` replaces the ragged exchange (tests emulate it on CPU).
+    """
     tokens, experts = P(BATCH_AXES), P("expert")
-    fn = jax.shard_map(partial(_local_moe, capacity=capacity), mesh=mesh,
+    if exchange is None and uses_ragged_exchange(capacity):
+        exchange = jax.lax.ragged_all_to_all
+    local = partial(_local_moe_ragged, exchange=exchange) if exchange else partial(_local_moe, capacity=capacity)
+    fn = jax.shard_map(local, mesh=mesh,
                        in_specs=(tokens, tokens, tokens, experts, experts, experts), out_specs=(tokens, tokens))
     return fn(x, expert_idx, gates, w_gate, w_up, w_down)

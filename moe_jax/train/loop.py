@@ -60,11 +60,16 @@ def _check_same_run(workdir: Path, config) -> None:
     if path.exists():
         old, new = _flat(json.loads(path.read_text())), _flat(current)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MUTABLE)
+        if "model.scan_layers" in diff and "model.scan_layers" not in old:
+            raise ConfigError(f"workdir {workdir} was trained by an older moe_jax that kept one parameter tree per layer; "
+                              f"this version stacks the layers ([L, ...], model.scan_layers) and cannot restore it: "
+                              f"use a new --workdir")
         if diff:
             k = diff[0]
             raise ConfigError(f"workdir {workdir} holds a run with {k}={old.get(k)!r}, not {new.get(k)!r}; "
                               f"use a new --workdir or the original config ({len(diff)} field(s) differ: {', '.join(diff[:5])})")
-    path.write_text(json.dumps(current, indent=1, sort_keys=True))
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(current, indent=1, sort_keys=True))
 
 
 class _Preemption:
@@ -195,8 +200,10 @@ class _Runner:
             self.position = _Position(state, int(meta["step"]), int(meta["tokens"]), float(meta["wall_time_s"]),
                                       meta.get("eval", {}))
             self.data_iter.set_state(meta["data"])
-        self.metrics = MetricsWriter(self.plan.workdir, resume_step=self.position.step, tensorboard=t.tensorboard)
-        self.progress = Progress(self.plan.total_steps, t.progress, stream=self.stream)
+        primary = jax.process_index() == 0  # one process writes metrics and progress for the whole run
+        self.metrics = (MetricsWriter(self.plan.workdir, resume_step=self.position.step, tensorboard=t.tensorboard)
+                        if primary else _NoMetrics())
+        self.progress = Progress(self.plan.total_steps, t.progress if primary else "none", stream=self.stream)
         if restored is not None:
             pos, source = self.position, t.init_from if branched else str(self.plan.workdir)
             self.progress.message(f"{'branched' if branched else 'resumed'} from step {pos.step} "
@@ -278,6 +285,16 @@ class _Runner:
                 sink.close()
 
 
+class _NoMetrics:
+    """The metrics sink of processes other than 0."""
+
+    def write(self, step: int, kind: str, values: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @jax.jit
 def _update_guard(guard, finite, loss):
     """(steps done, first non-finite step or 0, the loss at that step), accumulated on the device."""
@@ -327,6 +344,6 @@ def train(config, workdir, *, data_module=None, stream=None) -> dict:
         runner.close()
     pos = runner.position
     summary = _summary(plan, pos, pos.wall_before + time.time() - runner.t_start, preempted)
-    if not preempted:
+    if not preempted and jax.process_index() == 0:
         (plan.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -52,6 +52,28 @@ def _lower_under_mesh(fn, mesh, *args):
         return fn.lower(*args)
 
 
+def _init_fn(build_model, model_cfg, seed: int, optimizer: optax.GradientTransformation):
+    """A function () -> (state, rest) that builds the model and its optimizer state (to jit or eval_shape)."""
+
+    def init():
+        _, params, rest = nnx.split(build_model(model_cfg, nnx.Rngs(seed)), nnx.Param, ...)
+        state = {"params": params, "opt_state": optimizer.init(params), "rng": jax.random.key_data(jax.random.key(seed))}
+        return state, rest
+
+    return init
+
+
+def train_state_shardings(init, mesh):
+    """(state shardings by the rules, replicated shardings for `rest`) of an `_init_fn` on `mesh`; no allocation."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from moe_jax.parallel.rules import state_shardings
+
+    abstract_state, abstract_rest = jax.eval_shape(init)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return state_shardings(abstract_state, mesh), jax.tree.map(lambda _: replicated, abstract_rest)
+
+
 def init_train_state(build_model, model_cfg, seed: int, optimizer: optax.GradientTransformation, mesh=None):
     """(graphdef, rest, state) with state = {'params', 'opt_state', 'rng'}, initialised in ONE jitted call.
 
@@ -60,21 +82,8 @@ def init_train_state(build_model, model_cfg, seed: int, optimizer: optax.Gradien
     `mesh`, every array is created already sharded by `moe_jax.parallel.rules` (nothing is gathered).
     """
     graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(seed))), nnx.Param, ...)
-
-    def init():
-        _, params, rest = nnx.split(build_model(model_cfg, nnx.Rngs(seed)), nnx.Param, ...)
-        state = {"params": params, "opt_state": optimizer.init(params), "rng": jax.random.key_data(jax.random.key(seed))}
-        return state, rest
-
-    shardings = None
-    if mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        from moe_jax.parallel.rules import state_shardings
-
-        abstract_state, abstract_rest = jax.eval_shape(init)
-        replicated = NamedSharding(mesh, PartitionSpec())
-        shardings = (state_shardings(abstract_state, mesh), jax.tree.map(lambda _: replicated, abstract_rest))
+    init = _init_fn(build_model, model_cfg, seed, optimizer)
+    shardings = None if mesh is None else train_state_shardings(init, mesh)
     state, rest = jax.jit(init, out_shardings=shardings)()
     return graphdef, rest, state
 
