@@ -246,3 +246,61 @@ def test_checkpoint_of_one_mesh_resumes_on_another_mesh_and_on_one_device(tmp_pa
     single = train(config, tmp_path / "one_device", data_module=FakeData)
     _assert_close(_params(tmp_path / "one_device"), _params(tmp_path / "ref"))
     assert abs(single["final_eval_loss"] / ref["final_eval_loss"] - 1) < 1e-5
+
+
+# ---- multi-host: 2 processes × 4 CPU devices on localhost ---------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _start_processes(workdir, n: int = 2, **extra) -> list:
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]))
+    procs = []
+    for i in range(n):
+        spec = dict(devices=8 // n, mesh=dict(data=2, expert=4), model=GROUPS, train=MESH_TRAIN, workdir=str(workdir),
+                    distributed=[f"localhost:{port}", n, i], **extra)
+        procs.append(subprocess.Popen([sys.executable, str(TESTS / "mesh_train_child.py"), json.dumps(spec)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    return procs
+
+
+def _last_train_loss(workdir) -> float:
+    from moe_jax.train.metrics import read_metrics
+
+    return read_metrics(workdir, "train")[-1]["loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_of_four_devices_equal_one_process_of_eight_and_resume_after_sigkill(tmp_path):
+    import signal
+    import time
+
+    train_child(tmp_path / "one", dict(data=2, expert=4))
+    procs = _start_processes(tmp_path / "two")
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        assert p.returncode == 0, err[-3000:]
+    assert abs(_last_train_loss(tmp_path / "two") / _last_train_loss(tmp_path / "one") - 1) < 1e-5
+    _assert_close(_params(tmp_path / "two"), _params(tmp_path / "one"))
+
+    killed = tmp_path / "killed"
+    procs = _start_processes(killed, delay_s=0.5)
+    metrics, deadline = killed / "metrics.jsonl", time.time() + 900
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 6):
+        time.sleep(0.1)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert 4 <= max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit()) < 12
+    for p in _start_processes(killed):
+        _, err = p.communicate(timeout=1800)
+        assert p.returncode == 0, err[-3000:]
+    two = _params(tmp_path / "two")
+    for x, y in zip(jax.tree.leaves(_params(killed)), jax.tree.leaves(two)):
+        np.testing.assert_array_equal(x, y)  # resumed on the same topology: bitwise

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_jax.parallel.mesh import AXES, build_mesh, mesh_config, validate_mesh, resolve_token_groups
+from moe_jax.parallel.mesh import AXES, build_mesh, mesh_config, resolve_token_groups, validate_mesh
 from moe_jax.parallel.rules import abstract_with_shardings, batch_sharding
 
 
@@ -30,10 +30,11 @@ def per_device_bytes(abstract_tree) -> int:
 
 def abstract_train_inputs(config, mesh):
     """(train_step, abstract state, abstract batch) of `config` on `mesh`, everything sharded by the rules."""
+    from flax import nnx
+
     from moe_jax.model import build_model
     from moe_jax.train.optimizer import make_optimizer
     from moe_jax.train.steps import _init_fn, make_train_step, train_state_shardings
-    from flax import nnx
 
     sizes = dict(mesh.shape)
     model_cfg = resolve_token_groups(config.model, sizes)
@@ -50,19 +51,20 @@ def abstract_train_inputs(config, mesh):
     return step, abstract_with_shardings(abstract_state, state_sharding), batch
 
 
-def compile_train_step(config, sizes: dict[str, int]) -> dict:
-    """AOT-compile the train step of `config` on a mesh of `sizes` over all jax devices; the memory/compile report."""
+def compile_train_step(config, sizes: dict[str, int], devices=None) -> dict:
+    """AOT-compile the train step of `config` on a mesh of `sizes` over `devices` (default: all); the report."""
+    devices = list(jax.devices() if devices is None else devices)
     mesh_cfg = mesh_config(**{axis: sizes.get(axis, 1) for axis in AXES})
     t = config.train
-    validate_mesh(mesh_cfg, config.model, [t.batch_size], jax.device_count())
-    mesh = build_mesh(mesh_cfg)
+    validate_mesh(mesh_cfg, config.model, [t.batch_size], len(devices))
+    mesh = build_mesh(mesh_cfg, devices)
     step, state, batch = abstract_train_inputs(config, mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batch, jax.ShapeDtypeStruct((), jnp.float32)).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     return {
-        "devices": jax.device_count(),
+        "devices": len(devices),
         "mesh": {axis: int(mesh.shape[axis]) for axis in AXES},
         "batch_size": t.batch_size, "seq_len": config.data.seq_len,
         "per_device_bytes": {

@@ -35,8 +35,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if all(given):
         if not 0 <= process_id < num_processes:
             raise UserError(f"--process-id {process_id} must be in [0, {num_processes}) for --num-processes {num_processes}")
-        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; accelerators use their own
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
         return True
     if on_multi_host_tpu_vm(env):
