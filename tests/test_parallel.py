@@ -95,8 +95,10 @@ def test_tensor_axis_does_not_split_the_batch():
 def test_logical_axes_map_through_the_one_table():
     mesh = abstract_mesh(fsdp=2, expert=4, tensor=2)
     assert logical_spec(("layers", "exp", "embed", "mlp"), (2, 8, 32, 96), mesh) == P(None, "expert", "fsdp", "tensor")
-    assert logical_spec(("embed", "heads", "kv"), (32, 2, 16), mesh) == P("fsdp", "tensor", None)
-    assert logical_spec(("vocab", "embed"), (259, 32), mesh) == P(None, "fsdp")  # 259 rows do not split in 2
+    # Weights without experts are FSDP-sharded over fsdp and expert; a width 8 does not divide stays on fsdp.
+    assert logical_spec(("embed", "heads", "kv"), (32, 2, 16), mesh) == P(("fsdp", "expert"), "tensor", None)
+    assert logical_spec(("embed", "heads", "kv"), (12, 2, 16), mesh) == P("fsdp", "tensor", None)
+    assert logical_spec(("vocab", "embed"), (259, 32), mesh) == P(None, ("fsdp", "expert"))  # 259 rows stay whole
     assert logical_spec(("batch", None, "embed"), (16, 8, 32), mesh) == P(("fsdp", "expert"), None, None)
 
 
@@ -304,3 +306,26 @@ def test_two_processes_of_four_devices_equal_one_process_of_eight_and_resume_aft
     two = _params(tmp_path / "two")
     for x, y in zip(jax.tree.leaves(_params(killed)), jax.tree.leaves(two)):
         np.testing.assert_array_equal(x, y)  # resumed on the same topology: bitwise
+
+
+@pytest.mark.slow
+def test_moe_jax_train_runs_on_a_data_by_expert_mesh(tmp_path):
+    """`moe-jax train --config.mesh.data=2 --config.mesh.expert=4` on 8 simulated devices, real data pipeline."""
+    argv = ["train", "--config", str(TESTS.parent / "configs" / "tiny.py"), "--workdir", str(tmp_path / "run"),
+            "--config.mesh.data=2", "--config.mesh.expert=4",
+            "--config.data.task=fixture", f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.seq_len=32",
+            "--config.data.builtin_vocab_size=2048", "--config.model.vocab_size=2048", "--config.model.d_model=32",
+            "--config.model.n_layers=2", "--config.model.n_heads=2", "--config.model.head_dim=16",
+            "--config.model.ffn_hidden=96", "--config.train.tokens=0", "--config.train.steps=4",
+            "--config.train.batch_size=8", "--config.train.batch_ramp_tokens=()", "--config.train.batch_ramp_sizes=()",
+            "--config.train.warmup_tokens=32", "--config.train.eval_batches=1", "--config.train.tensorboard=False",
+            "--config.train.measure_mfu=False"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               XDG_CACHE_HOME=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "moe_jax.cli", *argv], capture_output=True, text=True, env=env,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 4 and np.isfinite(summary["final_eval_loss"])
+    assert summary["config"]["mesh"] == {"data": 2, "fsdp": 1, "expert": 4, "tensor": 1}

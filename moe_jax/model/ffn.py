@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
+from moe_jax.parallel.rules import gathered
 
 
 class FFN(nnx.Module):
@@ -21,7 +22,7 @@ class FFN(nnx.Module):
 
     def __call__(self, x):
         """x [..., D] -> [..., D]; computed on [T, D] (2-D matmuls are the fast path on CPU)."""
-        w = lambda p: p[...].astype(self.dtype)  # noqa: E731
+        w = lambda p: gathered(p).astype(self.dtype)  # noqa: E731
         t = x.reshape(-1, x.shape[-1])  # [T, D]
         h = jax.nn.silu(t @ w(self.w_gate)) * (t @ w(self.w_up))  # [T, F]
         return (h @ w(self.w_down)).reshape(x.shape)

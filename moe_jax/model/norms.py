@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.model.init import DTYPES
+from moe_jax.parallel.rules import gathered
 
 EPS = 1e-5  # SPEC §5: LayerNorm eps of the authors' code
 
@@ -25,7 +26,7 @@ class Norm(nnx.Module):
         if self.kind == "layernorm":
             h = h - jnp.mean(h, axis=-1, keepdims=True)
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + EPS)
-        h = h * self.scale[...].astype(jnp.float32)
+        h = h * gathered(self.scale).astype(jnp.float32)
         if self.bias is not None:
-            h = h + self.bias[...].astype(jnp.float32)
+            h = h + gathered(self.bias).astype(jnp.float32)
         return h.astype(x.dtype)

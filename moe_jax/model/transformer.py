@@ -12,7 +12,7 @@ from moe_jax.model.ffn import FFN
 from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
 from moe_jax.model.moe import MoE
 from moe_jax.model.norms import Norm
-from moe_jax.parallel.rules import constrain
+from moe_jax.parallel.rules import constrain, gathered
 
 REMAT_POLICIES = {"full": None, "save_dots": jax.checkpoint_policies.checkpoint_dots}
 
@@ -69,12 +69,12 @@ class Transformer(nnx.Module):
         self.dtype = DTYPES[cfg.compute_dtype]
 
     def __call__(self, tokens, train: bool = True):
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, S, D]
+        x = jnp.take(gathered(self.embed), tokens, axis=0).astype(self.dtype)  # [B, S, D]
         x, stats = self._apply_blocks(constrain(x, "batch", None, "embed"), train)
         if self.final_norm is not None:
             x = self.final_norm(x)
         b, s, d = x.shape
-        logits = jnp.matmul(x.reshape(b * s, d), self.head[...].astype(self.dtype),
+        logits = jnp.matmul(x.reshape(b * s, d), gathered(self.head).astype(self.dtype),
                             preferred_element_type=jnp.float32).reshape(b, s, -1)  # [B, S, V], 2-D matmul
         return logits, self._aux(stats)
 

@@ -7,6 +7,8 @@ shards params and every optimizer-state leaf alike. Scalars and anything without
 
 from __future__ import annotations
 
+import math
+
 import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -15,10 +17,12 @@ from moe_jax.parallel.mesh import BATCH_AXES
 
 # logical axis -> mesh axes (None = replicated). FSDP shards the model width, experts go over `expert`,
 # tensor parallelism splits heads, FFN hidden units and the vocabulary. Layers (the scan axis) stay whole.
+# Weights without an expert axis (attention, embeddings) are FSDP-sharded over `expert` as well, as the
+# expert devices are data-parallel for them; expert weights use `expert` for E (first dimension wins).
 RULES: dict[str, tuple[str, ...] | None] = {
     "batch": BATCH_AXES,
     "vocab": ("tensor",),
-    "embed": ("fsdp",),
+    "embed": ("fsdp", "expert"),
     "mlp": ("tensor",),
     "heads": ("tensor",),
     "kv": None,
@@ -30,16 +34,16 @@ RULES: dict[str, tuple[str, ...] | None] = {
 def logical_spec(logical_axes, shape, mesh) -> P:
     """PartitionSpec of an array with `logical_axes` on `mesh`.
 
-    A mesh axis is used once per array (first dimension wins), and a dimension whose size the mesh axes
-    do not divide stays replicated (e.g. a 259-token vocabulary on tensor=2).
+    A mesh axis is used once per array (first dimension wins). A dimension is split over the longest
+    prefix of its mesh axes whose product divides it, so one the axes do not divide stays replicated
+    (e.g. a 259-token vocabulary on tensor=2).
     """
     used, spec = set(), []
     for name, dim in zip(logical_axes, shape):
         axes = tuple(a for a in (RULES.get(name) or ()) if a not in used and mesh.shape[a] > 1)
-        size = 1
-        for a in axes:
-            size *= mesh.shape[a]
-        if not axes or dim % size:
+        while axes and dim % math.prod(mesh.shape[a] for a in axes):
+            axes = axes[:-1]
+        if not axes:
             spec.append(None)
             continue
         used.update(axes)
@@ -74,6 +78,25 @@ def abstract_with_shardings(state, shardings):
 def batch_sharding(mesh) -> NamedSharding:
     """Sequences [B, ...] split over data · fsdp · expert."""
     return NamedSharding(mesh, P(RULES["batch"]))
+
+
+def gathered(param):
+    """The value of an nnx.Param as a matmul uses it: all-gathered over the batch axes (FSDP), still split over
+    `tensor`. Under a mesh this makes XLA gather weights (and reduce-scatter their gradients) instead of
+    resharding activations; without a mesh it is just the value. Inside nnx.scan the value lacks the
+    leading `layers` axis its metadata names."""
+    value = param[...]
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(mesh.axis_names) >= set(BATCH_AXES):
+        return value
+    axes = tuple(param.get_metadata().get("logical_axes") or ())
+    if len(axes) == value.ndim + 1 and axes[0] == "layers":
+        axes = axes[1:]
+    if len(axes) != value.ndim:
+        return value
+    spec = logical_spec(axes, value.shape, mesh)
+    keep = lambda entry: entry if entry == "tensor" or (isinstance(entry, tuple) and entry == ("tensor",)) else None  # noqa: E731
+    return jax.lax.with_sharding_constraint(value, P(*(keep(e) for e in spec)))
 
 
 def constrain(x, *logical_axes):
