@@ -7,8 +7,6 @@ weights=[B, S] float32).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
