@@ -252,6 +252,19 @@ def test_checkpoint_of_one_mesh_resumes_on_another_mesh_and_on_one_device(tmp_pa
 
 # ---- multi-host: 2 processes × 4 CPU devices on localhost ---------------------------------------------
 
+def test_multi_host_start_is_asked_for_by_flags_or_a_tpu_vm_slice():
+    from moe_jax.errors import UserError
+    from moe_jax.parallel.distributed import initialize, on_multi_host_tpu_vm
+
+    assert on_multi_host_tpu_vm({"TPU_WORKER_HOSTNAMES": "t1w0,t1w1"})
+    assert not on_multi_host_tpu_vm({"TPU_WORKER_HOSTNAMES": "localhost"}) and not on_multi_host_tpu_vm({})
+    assert initialize(env={}) is False  # nothing asked: a single-process run
+    with pytest.raises(UserError, match="must be given together"):
+        initialize("localhost:1234", None, 0, env={})
+    with pytest.raises(UserError, match=r"--process-id 2 must be in \[0, 2\)"):
+        initialize("localhost:1234", 2, 2, env={})
+
+
 def _free_port() -> int:
     import socket
 

@@ -128,9 +128,6 @@ def _plan(config, workdir, data_module) -> _Plan:
     validate(config)
     validate_vocab_size(config, data_module.get_vocabulary(config.data).vocab_size)
     mesh_sizes = mesh_shape(_mesh_section(config), jax.device_count())
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_same_run(workdir, config)
     m, d, t = config.model, config.data, config.train
     counts = count_params(m)
     peak_lr = peak_learning_rate(t, counts["n_act"], m.experts)
@@ -141,6 +138,9 @@ def _plan(config, workdir, data_module) -> _Plan:
     if t.warmup_tokens > total_tokens * (1 - (t.decay_fraction if t.schedule == "trapezoidal" else 0)):
         raise ConfigError(f"train.warmup_tokens ({t.warmup_tokens:g}) does not fit before the decay of a "
                           f"{total_tokens:g}-token run; lower it or train longer")
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_same_run(workdir, config)
     return _Plan(config, workdir, resolve_token_groups(m, mesh_sizes), mesh_sizes, counts, peak_lr, ramp, sched,
                  total_steps, total_tokens)
 
