@@ -27,7 +27,8 @@ from moe_jax.train.optimizer import make_optimizer  # noqa: E402
 from moe_jax.train.steps import _forward_loss, init_train_state, make_train_step  # noqa: E402
 
 MESHES = {"data2_expert4": dict(data=2, expert=4), "fsdp8": dict(data=1, fsdp=8), "expert8": dict(data=1, expert=8),
-          "fsdp2_expert4": dict(data=1, fsdp=2, expert=4)}
+          "fsdp2_expert4": dict(data=1, fsdp=2, expert=4),
+          "data2_expert2_tensor2": dict(data=2, expert=2, tensor=2)}  # 2 token groups per device, tensor peers
 B, S, V = 16, 16, 64
 
 
