@@ -40,6 +40,7 @@ def get_config(arg=None):
         # Capacity is computed per step over 32 × 128 = 4 k tokens (the paper: 65 k per micro-batch); at
         # CF 1.0 the small batch's load fluctuations drop 15–30 % of tokens here, so train at 1.5 (= eval).
         capacity_factor_train=1.5,
+        scan_layers=False,  # 2 layers on a CPU: the layer loop steps ~10 % faster than nnx.scan (52 vs 47 ms)
     )
     config.data = data_config(
         task="gutenberg_poetry",  # the embedded public-domain corpus; prepares itself offline on first use
