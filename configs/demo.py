@@ -16,6 +16,7 @@ import ml_collections
 from moe_jax.data.config import data_config
 from moe_jax.errors import ConfigError
 from moe_jax.model.config import model_config
+from moe_jax.parallel.mesh import mesh_config
 from moe_jax.train.config import train_config
 
 VARIANTS = {"dense": 1, "moe": 8}
@@ -39,6 +40,7 @@ def get_config(arg=None):
         # Capacity is computed per step over 32 × 128 = 4 k tokens (the paper: 65 k per micro-batch); at
         # CF 1.0 the small batch's load fluctuations drop 15–30 % of tokens here, so train at 1.5 (= eval).
         capacity_factor_train=1.5,
+        scan_layers=False,  # 2 layers on a CPU: the layer loop steps ~10 % faster than nnx.scan (52 vs 47 ms)
     )
     config.data = data_config(
         task="gutenberg_poetry",  # the embedded public-domain corpus; prepares itself offline on first use
@@ -58,4 +60,5 @@ def get_config(arg=None):
         eval_batches=32,  # 32 × 32 × 128 = 131 k held-out bytes
         checkpoint_every=500,
     )
+    config.mesh = mesh_config()  # device mesh: data (-1 = all devices) × fsdp × expert × tensor; e.g. --config.mesh.expert=4
     return config

@@ -13,6 +13,7 @@ import ml_collections
 from moe_jax.errors import ConfigError
 from moe_jax.data.config import data_config
 from moe_jax.model.config import paper_shape
+from moe_jax.parallel.mesh import mesh_config
 from moe_jax.scaling import constants
 from moe_jax.train.config import train_config
 
@@ -44,4 +45,5 @@ def get_config(arg=None):
     config.train = train_config(
         tokens=8e9,  # token budget D; override per run (paper: 0.5 B … 128 B)
     )
+    config.mesh = mesh_config()  # device mesh: data (-1 = all devices) × fsdp × expert × tensor; e.g. --config.mesh.expert=4
     return config

@@ -8,6 +8,7 @@ import ml_collections
 
 from moe_jax.data.config import data_config
 from moe_jax.model.config import model_config
+from moe_jax.parallel.mesh import mesh_config
 from moe_jax.train.config import train_config
 
 
@@ -40,4 +41,5 @@ def get_config(arg=None):
         eval_batches=8,  # 8 × 16 sequences of held-out text
         checkpoint_every=100,  # async checkpoint every 100 steps and at the end
     )
+    config.mesh = mesh_config()  # device mesh: data (-1 = all devices) × fsdp × expert × tensor; e.g. --config.mesh.expert=4
     return config

@@ -11,13 +11,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
 CHILD = textwrap.dedent("""
     import logging, sys
     import jax
-    from moe_jax.train import checkpointing
     from moe_jax.train.checkpointing import Checkpointer
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
     directory, mode, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -27,8 +27,6 @@ CHILD = textwrap.dedent("""
         for step in (first, first + 1):
             ck.save(step, jax.tree.map(lambda x: x + step, state), {"tokens": step})
     else:
-        if mode == "noisy":  # the feature switched off: what users saw before
-            checkpointing.quiet_stale_reads = lambda: None
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
         _, meta = ck.restore_latest(abstract)
         print("restored", meta["step"])
@@ -56,19 +54,15 @@ def _stderr_lines(proc) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip() and "cuInit" not in line]
 
 
-@pytest.mark.parametrize("mode", ["quiet", "noisy"])
-def test_corrupt_newest_checkpoint_gives_one_warning_line(tmp_path, mode):
+def test_corrupt_newest_checkpoint_gives_one_warning_line(tmp_path):
     ckpt = tmp_path / "checkpoints"
     assert _child(tmp_path, ckpt, "save", 1).returncode == 0
     _zero_a_block(ckpt, 2)
-    proc = _child(tmp_path, ckpt, mode, 0)
+    proc = _child(tmp_path, ckpt, "quiet", 0)
     assert proc.returncode == 0 and proc.stdout.strip() == "restored 1", proc.stderr[-2000:]
     lines = _stderr_lines(proc)
     moved = list((tmp_path / "checkpoints_corrupt").iterdir())
     assert len(moved) == 1 and moved[0].name.startswith("2-")
-    if mode == "noisy":  # proves the test sees the background tracebacks when they are not silenced
-        assert len(lines) > 20
-        return
     assert len(lines) == 1, "\n".join(lines[:20])
     assert lines[0].startswith("WARNING: checkpoint at step 2 is unusable (")
     assert str(moved[0]) in lines[0]
@@ -83,3 +77,21 @@ def test_quarantine_keeps_only_the_newest_copies(tmp_path):
         assert proc.stdout.strip() == f"restored {10 * round_ + 1}", proc.stderr[-2000:]
     kept = sorted(p.name.split("-")[0] for p in (tmp_path / "checkpoints_corrupt").iterdir())
     assert kept == ["12", "22"]
+
+
+def test_stale_read_errors_are_dropped_and_others_still_reported(monkeypatch):
+    """Orbax's abandoned reads of a skipped checkpoint fail later as 'unraisable' errors (how many, and
+    whether at all, depends on timing: up to thousands of traceback lines); the hook drops exactly those."""
+    from moe_jax.train import checkpointing
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    checkpointing.quiet_stale_reads()
+    checkpointing.quiet_stale_reads()  # idempotent: one filter, not two
+    stale = [RuntimeError("Event loop is closed"),
+             Exception("Encountered error while reading array index: (slice(0, 8, 1),)")]
+    other = ValueError("a real problem")
+    for err in [*stale, other]:
+        sys.unraisablehook(types.SimpleNamespace(exc_type=type(err), exc_value=err, exc_traceback=None,
+                                                 err_msg=None, object=None))
+    assert seen == [other]

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from moe_jax import cli
 from moe_jax.scaling.counting import ModelShape
 
@@ -58,3 +60,44 @@ def test_errors_exit_2_with_one_line(capsys):
         code, out, err = run(capsys, *argv)
         assert code == 2 and out == ""
         assert len(err.strip().splitlines()) == 1 and err.startswith("moe-jax model-info: error:")
+
+
+SMALL = ["--config.model.vocab_size=512", "--config.model.d_model=32", "--config.model.n_layers=2",
+         "--config.model.n_heads=2", "--config.model.head_dim=16", "--config.model.ffn_hidden=64",
+         "--config.train.batch_size=8", "--config.data.seq_len=16"]
+
+
+def test_compile_reports_per_device_memory_on_a_simulated_mesh(capsys):
+    """Re-runs itself on 4 simulated CPU devices, compiles the train step from abstract shapes."""
+    code, out, err = run(capsys, "--config", f"{CONFIGS}/tiny.py", "--mesh", "fsdp=2,expert=2", "--compile", "--json", *SMALL)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["devices"] == 4 and info["mesh"] == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}
+    params, opt = info["per_device_bytes"]["params"], info["per_device_bytes"]["optimizer"]
+    total = 4 * (info["n_total"] + info["n_router"])
+    # Experts split E over expert and D over fsdp, attention and embeddings D over fsdp·expert: a quarter each,
+    # except norms (replicated) and the router's E axis.
+    assert total / 4 <= params < 1.05 * total / 4
+    assert 2 * params <= opt < 2 * params + 64  # Adam's two moments, laid out like the params, + scalars
+    assert info["per_device_bytes"]["temp"] > 0 and info["compile_s"] > 0
+
+
+def test_compile_errors_are_one_line(capsys):
+    for argv in (["--mesh", "fsdp=2,expert=3", "--compile"], ["--mesh", "pipeline=2", "--compile"], ["--compile"],
+                 ["--mesh", "fsdp=2"]):
+        code, out, err = run(capsys, "--config", f"{CONFIGS}/tiny.py", *argv, *SMALL)
+        assert code == 2 and out == "", err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("moe-jax model-info: error:"), err
+    assert "model.experts = 8 is not divisible by mesh.expert = 3" in run(
+        capsys, "--config", f"{CONFIGS}/tiny.py", "--mesh", "fsdp=2,expert=3", "--compile", *SMALL)[2]
+
+
+@pytest.mark.slow
+def test_compile_the_paper_d1024_e32_on_64_devices(capsys):
+    code, out, err = run(capsys, "--config", f"{CONFIGS}/paper.py:d1024_E32", "--mesh", "fsdp=16,expert=4",
+                         "--compile", "--json", "--config.train.batch_size=64")
+    assert code == 0, err
+    info = json.loads(out)
+    state = 12 * (info["n_total"] + info["n_router"])  # f32 params + two Adam moments
+    per_device = info["per_device_bytes"]["params"] + info["per_device_bytes"]["optimizer"]
+    assert info["devices"] == 64 and per_device < 1.02 * state / 64

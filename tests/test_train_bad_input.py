@@ -74,10 +74,13 @@ def test_bad_config_writes_nothing(tmp_path, capsys, override, needle):
 
 def test_refused_config_leaves_an_existing_workdir_unchanged(tmp_path, capsys):
     """A different config on a workdir that holds a run: refused, config.json untouched."""
-    (tmp_path / "config.json").write_text(json.dumps({"model": {"d_model": 12}}))
+    from moe_jax.configlib import load_config
+
+    other = json.loads(load_config("tiny", ["--config.model.d_model=64"]).to_json_best_effort())
+    (tmp_path / "config.json").write_text(json.dumps(other))
     before = _snapshot(tmp_path)
     code, err = _train(capsys, tmp_path)
-    assert code == 2 and len(err) == 1 and "holds a run with " in err[0] and "field(s) differ" in err[0]
+    assert code == 2 and len(err) == 1 and "holds a run with model.d_model=64, not 128" in err[0]
     assert _snapshot(tmp_path) == before
 
 

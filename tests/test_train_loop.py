@@ -305,3 +305,43 @@ def test_cooldown_branch_from_a_constant_trunk_equals_the_direct_run(reference_r
     assert summary["steps"] == 12 and summary["final_eval_loss"] == reference_run[1]["final_eval_loss"]
     _assert_same_params(_params(branch), _params(reference_run[0]))
     assert [r["step"] for r in read_metrics(branch, "train")] == [11, 12]
+
+
+def _nan_updates_at(step: int):
+    """An optax transform that turns every update non-finite at optimizer step `step` (the loss stays finite)."""
+    import optax
+
+    def update(updates, state, params=None):
+        count = state + 1
+        return jax.tree.map(lambda u: jnp.where(count == step, jnp.nan, u), updates), count
+
+    return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+
+
+def test_non_finite_gradients_stop_the_run_before_any_save(tmp_path, compile_cache, monkeypatch):
+    import optax
+
+    import moe_jax.train.loop as loop
+
+    def poisoned_optimizer(train_cfg):
+        return optax.inject_hyperparams(
+            lambda learning_rate: optax.chain(_nan_updates_at(6), optax.adamw(learning_rate)))(learning_rate=0.0)
+
+    monkeypatch.setattr(loop, "make_optimizer", poisoned_optimizer)
+    config = tiny_config(checkpoint_every=1, eval_every=0, log_every=4)  # the guard is checked at every save
+    with pytest.raises(TrainingDiverged, match=r"gradients or updated parameters are non-finite \(loss [0-9.]+\) at step 6 "):
+        train(config, tmp_path, data_module=FakeData)
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert max(saved) == 5
+    step, state = load_state(tmp_path)
+    assert step == 5 and all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+
+
+def test_a_workdir_of_unstacked_layers_gets_a_clear_message(reference_run, tmp_path):
+    from moe_jax.errors import ConfigError
+
+    config = json.loads((reference_run[0] / "config.json").read_text())
+    del config["model"]["scan_layers"]  # as written before layers were stacked
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="older moe_jax that kept one parameter tree per layer"):
+        train(tiny_config(), tmp_path, data_module=FakeData)

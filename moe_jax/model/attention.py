@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
+from moe_jax.parallel.rules import gathered
 
 
 def rope(x, base: float):
@@ -39,7 +40,7 @@ class Attention(nnx.Module):
         b, s, d = x.shape
         h, dh = self.wq.shape[1], self.wq.shape[2]
         t = x.reshape(b * s, d)  # [T, D]
-        proj = lambda p: (t @ p[...].astype(self.dtype).reshape(d, h * dh)).reshape(b, s, h, dh)  # noqa: E731
+        proj = lambda p: (t @ gathered(p).astype(self.dtype).reshape(d, h * dh)).reshape(b, s, h, dh)  # noqa: E731
         q, k, v = rope(proj(self.wq), self.rope_base), rope(proj(self.wk), self.rope_base), proj(self.wv)
         out = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # [B, S, H, Dh]
-        return (out.reshape(b * s, h * dh) @ self.wo[...].astype(self.dtype).reshape(h * dh, d)).reshape(b, s, d)
+        return (out.reshape(b * s, h * dh) @ gathered(self.wo).astype(self.dtype).reshape(h * dh, d)).reshape(b, s, d)

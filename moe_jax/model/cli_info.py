@@ -1,9 +1,18 @@
-"""`moe-jax model-info`: parameter and FLOP counts of a config's model, read from the built tree."""
+"""`moe-jax model-info`: parameter and FLOP counts of a config's model, read from the built tree.
+
+With --compile --mesh fsdp=16,expert=4 it also compiles the train step ahead of time for that mesh
+(simulated CPU devices; the command re-runs itself with XLA_FLAGS when it needs more devices) and
+reports per-device bytes of parameters, optimizer state and temporaries, and the compile time.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import subprocess
+import sys
 
 from moe_jax.scaling.counting import attention_flops_per_token, format_count
 
@@ -16,6 +25,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=512,
                         help="context for attention FLOPs when the config has no data.seq_len (default 512)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--mesh", default="", help="mesh for --compile, e.g. fsdp=16,expert=4 (axes not named are 1)")
+    parser.add_argument("--compile", action="store_true",
+                        help="AOT-compile the train step on --mesh (simulated CPU devices): per-device memory, compile time")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """'fsdp=16,expert=4' -> {'fsdp': 16, 'expert': 4}; UserError naming the bad part."""
+    from moe_jax.errors import UserError
+    from moe_jax.parallel.mesh import AXES
+
+    sizes = {}
+    for part in filter(None, text.split(",")):
+        axis, _, value = part.partition("=")
+        if axis not in AXES or not value.isdigit() or int(value) < 1:
+            raise UserError(f"--mesh part {part!r} is invalid; use AXIS=SIZE with AXIS in {', '.join(AXES)} and SIZE >= 1")
+        sizes[axis] = int(value)
+    if not sizes:
+        raise UserError("--compile needs --mesh, e.g. --mesh fsdp=16,expert=4 (or --mesh data=1 for one device)")
+    return sizes
+
+
+def compile_report(args, extra: list[str], config) -> dict:
+    """The AOT compile report on a mesh of prod(sizes) devices; re-runs this command with that many CPU devices."""
+    import jax
+
+    from moe_jax.errors import UserError
+
+    sizes = parse_mesh(args.mesh)
+    devices = math.prod(sizes.values())
+    if jax.device_count() == devices:
+        from moe_jax.parallel.aot import compile_train_step
+
+        return compile_train_step(config, sizes)
+    if os.environ.get("MOE_JAX_AOT_CHILD"):
+        raise UserError(f"--mesh {args.mesh} needs {devices} devices, found {jax.device_count()}")
+    env = dict(os.environ, MOE_JAX_AOT_CHILD="1", JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip())
+    cmd = [sys.executable, "-m", "moe_jax.cli", "model-info", "--config", args.config, "--mesh", args.mesh,
+           "--compile", "--json", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise UserError(lines[-1].split("error: ", 1)[-1] if lines else f"compiling on {devices} devices failed")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {k: report[k] for k in ("devices", "mesh", "batch_size", "per_device_bytes", "compile_s")}
 
 
 def model_info(config, seq_len: int) -> dict:
@@ -50,10 +104,20 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if "model" not in config:
         raise UserError(f"config {args.config!r} has no model section")
     info = model_info(config, args.seq_len)
+    if args.compile:
+        if "train" not in config or "data" not in config:
+            raise UserError(f"--compile needs a training config (model, data and train sections); {args.config!r} has none")
+        info.update(compile_report(args, extra, config))
+    elif args.mesh:
+        raise UserError("--mesh is used with --compile")
     if args.json:
         print(json.dumps(info))
         return 0
     for key, value in info.items():
+        if key == "per_device_bytes":
+            for part, size in value.items():
+                print(f"{'per_device_bytes.' + part:<31} {size}  ({size / 2**30:.3f} GiB)")
+            continue
         pretty = f"  ({format_count(value)})" if key in _COUNTS and value else ""
         print(f"{key:<31} {value:.6g}{pretty}" if isinstance(value, float) else f"{key:<31} {value}{pretty}")
     return 0

@@ -15,6 +15,7 @@ NORMS = ("layernorm", "rmsnorm")
 # model.compute_dtype / model.param_dtype name -> dtype (numpy dtypes, which JAX takes as they are).
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 EXPERT_DOWN_FAN_INS = ("experts", "ffn")
+REMATS = ("none", "full", "save_dots")
 
 
 def model_config(**overrides):
@@ -51,6 +52,10 @@ def fill_model_defaults(cfg, **overrides):
     cfg.expert_down_fan_in = "experts"  # fan_in of W_2: 'experts' = E * ffn_hidden (paper) | 'ffn' = ffn_hidden
     cfg.compute_dtype = "float32"  # activation/matmul dtype: float32 | bfloat16 (router and logits stay f32)
     cfg.param_dtype = "float32"  # parameter storage dtype: float32 | bfloat16
+    cfg.token_groups = 0  # capacity groups: tokens split into G equal groups of whole sequences, each with its own
+    # capacity (the paper: per device over its local tokens); 0 = the devices the batch is split over (1 on one device)
+    cfg.scan_layers = True  # apply the stacked blocks with nnx.scan (compile time flat in depth) | a Python loop
+    cfg.remat = "none"  # recompute activations in the backward pass: none | full | save_dots (keep matmul outputs)
     for key, value in overrides.items():
         if key not in cfg:
             raise ConfigError(f"unknown model field {key!r}; valid fields: {', '.join(sorted(cfg.keys()))}")
@@ -96,7 +101,10 @@ def validate_model_config(cfg) -> None:
     _choice(cfg, "compute_dtype", DTYPES)
     _choice(cfg, "param_dtype", DTYPES)
     _choice(cfg, "expert_down_fan_in", EXPERT_DOWN_FAN_INS)
-    for field in ("final_norm", "ragged_dot_triton"):
+    _choice(cfg, "remat", REMATS)
+    if isinstance(cfg.token_groups, bool) or not isinstance(cfg.token_groups, int) or cfg.token_groups < 0:
+        raise ConfigError(f"model.token_groups = {cfg.token_groups!r} must be an integer >= 0 (0 = one per device)")
+    for field in ("final_norm", "ragged_dot_triton", "scan_layers"):
         if not isinstance(cfg[field], bool):
             raise ConfigError(f"model.{field} = {cfg[field]!r} must be true or false")
     check_tiles((cfg.tile_m, cfg.tile_k, cfg.tile_n), (cfg.d_model, cfg.ffn_hidden))

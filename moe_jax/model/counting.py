@@ -10,11 +10,12 @@ from moe_jax.model.transformer import build_model
 from moe_jax.scaling.counting import ModelShape
 
 
-def param_shapes(model_cfg) -> dict[tuple, tuple[int, ...]]:
-    """path -> shape of every parameter of the model `model_cfg` builds; nothing is allocated."""
+def param_shapes(model_cfg) -> dict[tuple, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """path -> (shape, logical axes) of every parameter of the model `model_cfg` builds; nothing is allocated."""
     abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
     state = nnx.state(abstract, nnx.Param)
-    return {tuple(str(p) for p in path): tuple(leaf.shape) for path, leaf in nnx.to_flat_state(state)}
+    return {tuple(str(p) for p in path): (tuple(leaf.shape), tuple(leaf.get_metadata()["logical_axes"]))
+            for path, leaf in nnx.to_flat_state(state)}
 
 
 def count_params(model_cfg) -> dict[str, int]:
@@ -25,7 +26,7 @@ def count_params(model_cfg) -> dict[str, int]:
     """
     counts = dict(n_act=0, n_total=0, n_embedding=0, n_router=0, n_norm=0)
     active = min(model_cfg.top_k, model_cfg.experts) / model_cfg.experts
-    for path, shape in param_shapes(model_cfg).items():
+    for path, (shape, axes) in param_shapes(model_cfg).items():
         size = math.prod(shape)
         if "router" in path:
             counts["n_router"] += size
@@ -35,7 +36,7 @@ def count_params(model_cfg) -> dict[str, int]:
         if any(p.endswith("norm") for p in path):
             counts["n_norm"] += size
         counts["n_total"] += size
-        is_expert = "ffn" in path and len(shape) == 3  # MoE expert weights [E, ., .]
+        is_expert = "ffn" in path and "exp" in axes  # MoE expert weights [L, E, ., .]
         counts["n_act"] += round(size * active) if is_expert else size
     return counts
 

@@ -6,6 +6,7 @@ from flax import nnx
 
 from moe_jax.kernels.common import swiglu
 from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
+from moe_jax.parallel.rules import gathered
 
 
 class FFN(nnx.Module):
@@ -20,6 +21,6 @@ class FFN(nnx.Module):
 
     def __call__(self, x):
         """x [..., D] -> [..., D]; computed on [T, D] (2-D matmuls are the fast path on CPU)."""
-        w = lambda p: p[...].astype(self.dtype)  # noqa: E731
+        w = lambda p: gathered(p).astype(self.dtype)  # noqa: E731
         t = x.reshape(-1, x.shape[-1])  # [T, D]
         return swiglu(t, w(self.w_gate), w(self.w_up), w(self.w_down)).reshape(x.shape)

@@ -2,7 +2,7 @@
 
 The modules are nnx's own; the only addition is the dtype policy: statistics and the affine map run in
 f32 (module dtype float32, so nnx promotes x, scale and bias to f32) and the result takes the input's
-dtype. Parameters are `scale` [D] and `bias` [D] with logical axes ('embed',) for the sharding rules.
+dtype. Parameters are `scale` [D] and `bias` [D] with logical axes ('norm',): replicated by the sharding rules.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from flax import nnx
 from moe_jax.model.config import DTYPES
 
 EPS = 1e-5  # SPEC §5: LayerNorm eps of the authors' code
-_AXES = {"logical_axes": ("embed",)}  # Param metadata read by the mesh helper
+_AXES = {"logical_axes": ("norm",)}  # sharding rule: replicated (moe_jax.parallel.rules)
 
 
 class _InputDtype:

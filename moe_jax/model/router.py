@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.model.init import ParamKeys, truncated_param
+from moe_jax.parallel.rules import gathered
 
 
 class Router(nnx.Module):
@@ -18,7 +19,7 @@ class Router(nnx.Module):
 
     def __call__(self, x):
         """x [T, D] -> (logits [T, E] f32, probs [T, E] f32, gates [T, K] raw probs, expert_idx [T, K])."""
-        logits = jnp.einsum("td,de->te", x.astype(jnp.float32), self.w[...].astype(jnp.float32))
+        logits = jnp.einsum("td,de->te", x.astype(jnp.float32), gathered(self.w).astype(jnp.float32))
         probs = jax.nn.softmax(logits, axis=-1)
         gates, expert_idx = jax.lax.top_k(probs, self.top_k)
         return logits, probs, gates, expert_idx

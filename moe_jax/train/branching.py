@@ -124,13 +124,13 @@ class BranchPointSaver:
         assert self.points[tokens] == step, (tokens, step, self.points[tokens])
         import orbax.checkpoint as ocp
 
-        from moe_jax.train.checkpointing import fingerprint
+        from moe_jax.train.checkpointing import stamped_meta
 
         options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True,
                                                cleanup_tmp_directories=True)
         manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         try:
-            meta = dict(meta_fn(), step=int(step), fingerprint=fingerprint(state))
+            meta = stamped_meta(meta_fn(), step, state)
             manager.save(int(tokens), args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
             manager.wait_until_finished()

@@ -26,22 +26,45 @@ log = logging.getLogger(__name__)
 
 @jax.jit
 def _leaf_sums(tree):
-    """One float64-free fingerprint per leaf: the float32 sum of its values, [num_leaves]."""
-    leaves = jax.tree.leaves(tree)
-    return jnp.stack([jnp.sum(x.astype(jnp.float32)) for x in leaves]) if leaves else jnp.zeros((0,))
+    """Two float32 fingerprints per leaf, [2, num_leaves]: the sum of its values and the sum of their magnitudes."""
+    leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    if not leaves:
+        return jnp.zeros((2, 0))
+    return jnp.stack([jnp.stack([jnp.sum(x) for x in leaves]), jnp.stack([jnp.sum(jnp.abs(x)) for x in leaves])])
 
 
-def fingerprint(tree) -> list[float]:
-    """Per-leaf sums of a state pytree, as Python floats (deterministic for the same values on CPU)."""
-    return [float(x) for x in np.asarray(_leaf_sums(tree))]
+def fingerprint(tree) -> tuple[list[float], list[float]]:
+    """(per-leaf sums, per-leaf sums of magnitudes) of a state pytree, as Python floats."""
+    sums = np.asarray(_leaf_sums(tree))
+    return [float(x) for x in sums[0]], [float(x) for x in sums[1]]
+
+
+# Sums over differently sharded arrays (a checkpoint restored onto another mesh) add in another order;
+# a corrupted or partial checkpoint moves a sum by far more than this share of the leaf's magnitude.
+FINGERPRINT_RTOL = 1e-5
+
+
+def stamped_meta(meta: dict, step: int, state) -> dict:
+    """`meta` plus the step and the state's fingerprints, as every saved checkpoint carries them."""
+    sums, magnitudes = fingerprint(state)
+    return dict(meta, step=int(step), fingerprint=sums, fingerprint_abs=magnitudes)
+
+
+def _fingerprint_matches(meta: dict, state) -> bool:
+    sums, magnitudes = fingerprint(state)
+    if "fingerprint_abs" not in meta:  # older checkpoints: exact sums
+        return meta.get("fingerprint") == sums
+    saved = np.asarray(meta.get("fingerprint"), np.float64)
+    scale = np.asarray(meta["fingerprint_abs"], np.float64)
+    return saved.shape == (len(sums),) and bool(np.all(np.abs(saved - sums) <= FINGERPRINT_RTOL * scale + 1e-30))
 
 
 def _restore_checked(manager, step: int, abstract_state):
-    """(state, meta) of one step; ValueError when the per-leaf fingerprint does not match."""
+    """(state, meta) of one step, laid out by `abstract_state`'s shardings; ValueError when the fingerprint does not match."""
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], dict(restored["meta"])
-    if meta.get("fingerprint") != fingerprint(state):
+    if not _fingerprint_matches(meta, state):
         raise ValueError("fingerprint mismatch (checkpoint data is corrupted)")
     return state, meta
 
@@ -130,7 +153,7 @@ class Checkpointer:
 
     def save(self, step: int, state, meta: dict) -> None:
         """Start saving `state` (pytree of arrays) and `meta` (JSON-able) at `step`; returns before the write ends when async."""
-        meta = dict(meta, step=int(step), fingerprint=fingerprint(state))
+        meta = stamped_meta(meta, step, state)
         self._manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -184,14 +207,21 @@ class Checkpointer:
 
 
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, dict]:
-    """(step, state as nested dicts of numpy arrays) of a run's checkpoint (default: the newest), for analysis."""
-    manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=("state", "meta"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    """(step, state as nested dicts of numpy arrays) of a run's checkpoint (default: the newest), for analysis.
+
+    Works whatever mesh the run was saved from: every array is read onto this process's first device.
+    """
+    manager = ocp.CheckpointManager(
+        Path(workdir).absolute() / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
     try:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              manager.item_metadata(step)["state"])
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return step, jax.tree.map(np.asarray, restored["state"])
     finally:
         manager.close()

@@ -11,7 +11,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="a packaged config (tiny, demo:moe, paper:d512_E8) or the path of your own .py[:arg]")
     parser.add_argument("--workdir", required=True,
                         help="run directory: checkpoints, metrics.jsonl, tb/, summary.json; re-run to resume")
-    parser.epilog = "Override any field with --config.SECTION.FIELD=VALUE, e.g. --config.train.steps=100."
+    parser.add_argument("--coordinator", default=None, help="multi-host: HOST:PORT of process 0 (with --num-processes, --process-id)")
+    parser.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+    parser.epilog = ("Override any field with --config.SECTION.FIELD=VALUE, e.g. --config.train.steps=100 or "
+                     "--config.mesh.data=2 --config.mesh.expert=4. On a multi-host Cloud TPU VM slice, "
+                     "jax.distributed starts by itself; elsewhere pass --coordinator/--num-processes/--process-id.")
 
 
 def enable_compilation_cache() -> None:
@@ -26,14 +31,20 @@ def enable_compilation_cache() -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from moe_jax.configlib import load_config
+    from moe_jax.parallel.distributed import initialize
     from moe_jax.train.loop import EXIT_PREEMPTED, train
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
-    enable_compilation_cache()
     config = load_config(args.config, extra)
+    initialize(args.coordinator, args.num_processes, args.process_id)
+    enable_compilation_cache()
     summary = train(config, args.workdir)
     if summary["preempted"]:
         return EXIT_PREEMPTED
+    import jax
+
+    if jax.process_index() != 0:  # one summary line per run, from process 0
+        return 0
     shown = {k: summary[k] for k in ("n_act", "n_total", "experts", "tokens", "flops", "final_eval_loss", "wall_time_s")}
     print(json.dumps(shown))
     return 0

@@ -85,7 +85,7 @@ def validate_train_config(t) -> None:
 
 
 def validate(config, *, device_count: int | None = None) -> None:
-    """Cross-section checks of a full config (model, data, train) before anything compiles.
+    """Cross-section checks of a full config (model, data, train, optional mesh) before anything compiles.
 
     `device_count` defaults to jax.device_count(). The vocabulary size is checked separately by
     `validate_vocab_size` once the vocabulary is loaded.
@@ -107,10 +107,10 @@ def validate(config, *, device_count: int | None = None) -> None:
         import jax
 
         device_count = jax.device_count()
+    from moe_jax.parallel.mesh import mesh_config, validate_mesh
+
     sizes = [t.batch_size, *t.batch_ramp_sizes] + ([t.eval_batch_size] if t.eval_batch_size else [])
-    for size in sizes:
-        _need(int(size) % device_count == 0,
-              f"batch size {int(size)} is not divisible by the {device_count} devices; use a multiple of {device_count}")
+    validate_mesh(config.mesh if "mesh" in config else mesh_config(), m, sizes, device_count)
 
 
 def validate_vocab_size(config, vocabulary_size: int) -> None:

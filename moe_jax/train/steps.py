@@ -7,8 +7,6 @@ weights=[B, S] float32).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -34,28 +32,75 @@ def _forward_loss(params, graphdef, rest, batch, train: bool):
     return ce + aux["aux_loss"], (ce, aux)
 
 
-def init_train_state(build_model, model_cfg, seed: int, optimizer: optax.GradientTransformation, sharding=None):
-    """(graphdef, rest, state) with state = {'params', 'opt_state', 'rng'}, initialised in ONE jitted call.
+def _under_mesh(fn, mesh):
+    """`fn` called inside `jax.set_mesh(mesh)` (so the model sees the mesh when it is traced); `fn` if None."""
+    if mesh is None:
+        return fn
 
-    Building the NNX model eagerly dispatches (and compiles) every initialiser separately; tracing the
-    whole initialisation once is several times faster. `rest` holds non-parameter model state.
-    """
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(seed))), nnx.Param, ...)
+    def wrapped(*args):
+        with jax.set_mesh(mesh):
+            return fn(*args)
 
-    @functools.partial(jax.jit, out_shardings=sharding)
+    wrapped.lower = lambda *args: _lower_under_mesh(fn, mesh, *args)
+    return wrapped
+
+
+def _lower_under_mesh(fn, mesh, *args):
+    with jax.set_mesh(mesh):
+        return fn.lower(*args)
+
+
+def _init_fn(build_model, model_cfg, seed: int, optimizer: optax.GradientTransformation):
+    """A function () -> (state, rest) that builds the model and its optimizer state (to jit or eval_shape)."""
+
     def init():
         _, params, rest = nnx.split(build_model(model_cfg, nnx.Rngs(seed)), nnx.Param, ...)
         state = {"params": params, "opt_state": optimizer.init(params), "rng": jax.random.key_data(jax.random.key(seed))}
         return state, rest
 
-    state, rest = init()
+    return init
+
+
+def train_state_shardings(init, mesh):
+    """(state shardings by the rules, replicated shardings for `rest`) of an `_init_fn` on `mesh`; no allocation."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from moe_jax.parallel.rules import state_shardings
+
+    abstract_state, abstract_rest = jax.eval_shape(init)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return state_shardings(abstract_state, mesh), jax.tree.map(lambda _: replicated, abstract_rest)
+
+
+def init_train_state(build_model, model_cfg, seed: int, optimizer: optax.GradientTransformation, mesh=None):
+    """(graphdef, rest, state) with state = {'params', 'opt_state', 'rng'}, initialised in ONE jitted call.
+
+    Building the NNX model eagerly dispatches (and compiles) every initialiser separately; tracing the
+    whole initialisation once is several times faster. `rest` holds non-parameter model state. With a
+    `mesh`, every array is created already sharded by `moe_jax.parallel.rules` (nothing is gathered).
+    """
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(seed))), nnx.Param, ...)
+    init = _init_fn(build_model, model_cfg, seed, optimizer)
+    shardings = None if mesh is None else train_state_shardings(init, mesh)
+    state, rest = jax.jit(init, out_shardings=shardings)()
     return graphdef, rest, state
 
 
-def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation):
-    """A jitted train_step(state, batch, lr) → (new_state, metrics dict of scalars)."""
+def all_finite(*trees):
+    """One bool: every element of every array in `trees` is finite."""
+    leaves = [x for t in trees for x in jax.tree.leaves(t)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
 
-    @jax.jit
+
+def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *, mesh=None, state_sharding=None,
+                    donate: bool = False):
+    """A jitted train_step(state, batch, lr) → (new_state, metrics dict of scalars).
+
+    metrics["finite"] is True when the loss, the gradients and the updated parameters are all finite.
+    With a `mesh` the step runs under it (expert-parallel MoE, sharding constraints) and keeps the state in
+    `state_sharding`; `donate` lets XLA reuse the old state's buffers (the caller must drop its reference).
+    """
+
     def train_step(state, batch, lr):
         grad_fn = jax.value_and_grad(_forward_loss, has_aux=True)
         (loss, (ce, aux)), grads = grad_fn(state["params"], graphdef, rest, batch, True)
@@ -68,13 +113,23 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation):
             "load_balance_loss": aux["load_balance_loss"], "z_loss": aux["z_loss"],
             "dropped_fraction": aux["dropped_fraction"], "load_imbalance": load_imbalance(aux["expert_load"]),
             "router_entropy": aux["router_entropy"], "grad_norm": optax.tree.norm(grads), "lr": lr,
+            "finite": all_finite(loss, grads, params),
         }
         return {"params": params, "opt_state": opt_state, "rng": state["rng"]}, metrics
 
-    return train_step
+    shardings = {}
+    if state_sharding is not None:
+        shardings = dict(in_shardings=(state_sharding, _batch_sharding(mesh), None), out_shardings=(state_sharding, None))
+    return _under_mesh(jax.jit(train_step, donate_argnums=(0,) if donate else (), **shardings), mesh)
 
 
-def make_eval_step(graphdef, rest):
+def _batch_sharding(mesh):
+    from moe_jax.parallel.rules import batch_sharding
+
+    return batch_sharding(mesh)
+
+
+def make_eval_step(graphdef, rest, *, mesh=None):
     """A jitted eval_step(params, batch) → dict(ce_sum, weight_sum, dropped_fraction) at the eval capacity factor."""
 
     @jax.jit
@@ -84,7 +139,7 @@ def make_eval_step(graphdef, rest):
         ce_sum, w_sum = weighted_cross_entropy(logits, batch["targets"], batch["weights"])
         return {"ce_sum": ce_sum, "weight_sum": w_sum, "dropped_fraction": aux["dropped_fraction"]}
 
-    return eval_step
+    return _under_mesh(eval_step, mesh)
 
 
 def evaluate(eval_step, params, batches) -> dict:

@@ -20,7 +20,10 @@ from moe_jax.errors import ConfigError, UserError
 CONFIG_FILE = "config.json"
 # Fields that may differ when resuming a workdir (they change how a run is watched, not what it computes).
 RESUME_MUTABLE = {"train.progress", "train.log_every", "train.tensorboard", "train.measure_mfu",
-                  "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoints"}
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoints",
+                  # A run may move to another slice (checkpoints reshard on restore). With model.token_groups = 0
+                  # the capacity groups follow the mesh; pin token_groups to keep them fixed across meshes.
+                  "mesh.data", "mesh.fsdp", "mesh.expert", "mesh.tensor"}
 
 
 def _flat(tree: dict) -> dict:
@@ -61,16 +64,22 @@ def check_config_file(workdir: Path, config) -> None:
                         f"records this run's config: restore it, or train in a new --workdir") from None
     old, new = _flat(old), _flat(_config_json(config))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MUTABLE)
+    if "model.scan_layers" in diff and "model.scan_layers" not in old:
+        raise ConfigError(f"workdir {workdir} was trained by an older moe_jax that kept one parameter tree per layer; "
+                          f"this version stacks the layers ([L, ...], model.scan_layers) and cannot restore it: "
+                          f"use a new --workdir")
     if diff:
         k = diff[0]
         raise ConfigError(f"workdir {workdir} holds a run with {k}={old.get(k)!r}, not {new.get(k)!r}; "
                           f"use a new --workdir or the original config ({len(diff)} field(s) differ: {', '.join(diff[:5])})")
 
 
-def claim(workdir: Path, config) -> None:
-    """Create the workdir and (re)write config.json; an OSError becomes a one-line UserError."""
+def claim(workdir: Path, config, *, write: bool = True) -> None:
+    """Create the workdir and (if `write`: the one writing process) config.json; OSError → one-line UserError."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
+        if not write:
+            return
         tmp = workdir / f".{CONFIG_FILE}.tmp"
         tmp.write_text(json.dumps(_config_json(config), indent=1, sort_keys=True))
         os.replace(tmp, workdir / CONFIG_FILE)  # never a half-written config.json
