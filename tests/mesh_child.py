@@ -93,8 +93,9 @@ def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, outpu
     return jnp.where(inside.any(axis=0)[:, None], ops[peer, row], output)
 
 
-def ragged(name: str) -> dict:
-    """The ragged dropless exchange (emulated) vs the single-device dropless dispatch: outputs and gradients."""
+def ragged(name: str, grouped_matmul=None) -> dict:
+    """The ragged dropless exchange (emulated) vs the single-device dropless dispatch: outputs and gradients.
+    `grouped_matmul` computes each device's local experts (default ragged_dot; the Pallas gmm for 'pallas')."""
     from moe_jax.kernels.dropless import dropless_moe
     from moe_jax.parallel.expert_parallel import expert_parallel_moe
 
@@ -114,7 +115,8 @@ def ragged(name: str) -> dict:
         return jnp.sum(y.reshape(g, tg, d) * probe)
 
     def sharded(x, gates, *w):
-        y, _ = expert_parallel_moe(x, idx, gates, *w, None, mesh, exchange=emulated_ragged_all_to_all)
+        y, _ = expert_parallel_moe(x, idx, gates, *w, None, mesh, exchange=emulated_ragged_all_to_all,
+                                   grouped_matmul=grouped_matmul)
         return jnp.sum(y * probe)
 
     v0, g0 = jax.value_and_grad(single, argnums=(0, 1, 2, 3, 4))(x, gates, *w)
@@ -134,6 +136,11 @@ def equality(cases: list[str]) -> dict:
             continue
         if kind == "ragged":
             result[case] = ragged(name)
+            continue
+        if kind == "ragged_pallas":  # the Pallas gmm (interpret mode) on each device's local experts
+            from moe_jax.model.moe import pallas_grouped_matmul
+
+            result[case] = ragged(name, pallas_grouped_matmul())
             continue
         mesh = build_mesh(mesh_config(**MESHES[name]))
         if kind == "step":

@@ -154,7 +154,7 @@ def test_token_groups_give_each_group_its_own_capacity():
 @pytest.fixture(scope="module")
 def mesh_results():
     return child("capacity/data2_expert4", "capacity/fsdp8", "dropless/expert8", "ragged/data2_expert4",
-                 "step/fsdp2_expert4", "one_group")
+                 "ragged_pallas/data2_expert4", "step/fsdp2_expert4", "one_group")
 
 
 @pytest.mark.parametrize("case", ["capacity/data2_expert4", "capacity/fsdp8", "dropless/expert8"])
@@ -171,8 +171,10 @@ def test_capacity_is_per_group_not_global(mesh_results):
     assert grouped["dropped"] > one["dropped"] + 0.05  # 8 groups of 32 tokens drop more than one group of 256
 
 
-def test_ragged_dropless_exchange_equals_one_device(mesh_results):
-    r = mesh_results["ragged/data2_expert4"]
+@pytest.mark.parametrize("case", ["ragged/data2_expert4", "ragged_pallas/data2_expert4"])
+def test_ragged_dropless_exchange_equals_one_device(mesh_results, case):
+    """ragged_all_to_all (emulated on CPU) with ragged_dot or our Pallas gmm on each device's experts."""
+    r = mesh_results[case]
     assert r["value_rel"] < 1e-5 and r["grads_rel"] < 1e-5, r
 
 

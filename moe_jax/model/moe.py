@@ -17,6 +17,13 @@ def expert_capacity(tokens: int, experts: int, top_k: int, capacity_factor: floa
     return int(capacity_factor * tokens * top_k / experts)
 
 
+def pallas_grouped_matmul(tiles=(0, 0, 0)):
+    """(lhs [M, K], rhs [G, K, N], group_sizes [G]) -> [M, N] with the Pallas `gmm` (ragged_dot's contract)."""
+    from moe_jax.kernels.gmm import gmm
+
+    return lambda lhs, rhs, group_sizes: gmm(lhs, rhs, group_sizes, tiles=tuple(int(v) for v in tiles))
+
+
 def dispatch_in_groups(name: str, groups: int, x, expert_idx, gates, weights, capacity, *,
                        tiles=(0, 0, 0), ragged_dot_triton: bool = False):
     """Each of `groups` token groups dispatched on its own (its own capacity); expert-parallel under a mesh.
@@ -27,7 +34,8 @@ def dispatch_in_groups(name: str, groups: int, x, expert_idx, gates, weights, ca
 
     mesh = batch_mesh()
     if mesh is not None and name in EXPERT_PARALLEL_DISPATCHES:
-        return expert_parallel_moe(x, expert_idx, gates, *weights, capacity, mesh)
+        local = pallas_grouped_matmul(tiles) if name == "pallas" else None  # our kernel on each device's experts
+        return expert_parallel_moe(x, expert_idx, gates, *weights, capacity, mesh, grouped_matmul=local)
     fn = get_dispatch(name, tiles, ragged_dot_triton)
     if not DROPPING[name]:  # without a capacity, groups do not matter: one call on all tokens
         g, tg, d = x.shape

@@ -24,7 +24,7 @@ from moe_jax.kernels.capacity import capacity_of, capacity_slots, combine_from_b
 from moe_jax.kernels.common import swiglu
 from moe_jax.parallel.mesh import BATCH_AXES
 
-EXPERT_PARALLEL_DISPATCHES = ("capacity", "dropless")
+EXPERT_PARALLEL_DISPATCHES = ("capacity", "dropless", "pallas")
 
 
 def batch_mesh():
@@ -90,11 +90,12 @@ def _segment_ids(sizes, length: int):
     return jnp.searchsorted(ends, jnp.arange(length), side="right")
 
 
-def _local_moe_ragged(x, expert_idx, gates, w_gate, w_up, w_down, *, exchange):
+def _local_moe_ragged(x, expert_idx, gates, w_gate, w_up, w_down, *, exchange, grouped_matmul):
     """Dropless per device with variable-size exchanges: x [Gl, Tg, D], expert_idx/gates [Gl, Tg, K] -> (y, kept).
 
     Assignments sorted by expert travel to their expert's device with `exchange` (ragged_all_to_all), are
-    regrouped by local expert for grouped matmuls (`jax.lax.ragged_dot`), and travel back the same way.
+    regrouped by local expert for grouped matmuls (`grouped_matmul`: `jax.lax.ragged_dot`, or the Pallas
+    `gmm` for dispatch 'pallas'), and travel back the same way.
     """
     gl, tg, d = x.shape
     k = expert_idx.shape[-1]
@@ -113,8 +114,8 @@ def _local_moe_ragged(x, expert_idx, gates, w_gate, w_up, w_down, *, exchange):
     local_e = jnp.where(jnp.arange(nx * n * k) < recv.sum(), local_e, el)  # unused rows sort last
     regroup = jnp.argsort(local_e, stable=True)
     rows, sizes = jnp.take(received, regroup, axis=0), mine.sum(axis=0)  # [X·A, D], [El]
-    h = jax.nn.silu(jax.lax.ragged_dot(rows, w_gate, sizes)) * jax.lax.ragged_dot(rows, w_up, sizes)
-    done = jnp.take(jax.lax.ragged_dot(h, w_down, sizes), jnp.argsort(regroup), axis=0)  # [X·A, D] received order
+    h = jax.nn.silu(grouped_matmul(rows, w_gate, sizes)) * grouped_matmul(rows, w_up, sizes)
+    done = jnp.take(grouped_matmul(h, w_down, sizes), jnp.argsort(regroup), axis=0)  # [X·A, D] received order
     b_inp, b_send, b_out, b_recv = ragged_offsets(counts.T, me)  # the way back: every row to where it came from
     back = exchange(done, jnp.zeros((n * k, d), done.dtype), b_inp, b_send, b_out, b_recv, axis_name="expert")
     y = jnp.take(back, jnp.argsort(order), axis=0)  # [A, D] token-major
@@ -127,17 +128,22 @@ def uses_ragged_exchange(capacity) -> bool:
     return capacity is None and jax.default_backend() in ("tpu", "gpu")
 
 
-def expert_parallel_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None, mesh, *, exchange=None):
+def expert_parallel_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None, mesh, *, exchange=None,
+                        grouped_matmul=None):
     """x [G, Tg, D], expert_idx/gates [G, Tg, K] (G split over data·fsdp·expert), weights [E, D, F]/[E, F, D]
     (E split over `expert`) -> (y [G, Tg, D], kept [G, Tg, K]); capacity per group (None = dropless).
 
     Dropless uses worst-case buffers (C = Tg) on CPU and `jax.lax.ragged_all_to_all` on TPU/GPU;
-    `exchange` replaces the ragged exchange (tests emulate it on CPU).
+    `exchange` replaces the ragged exchange (tests emulate it on CPU). `grouped_matmul(lhs, rhs, sizes)`
+    computes the local experts of the ragged path (default `jax.lax.ragged_dot`).
     """
     tokens, experts = P(BATCH_AXES), P("expert")
     if exchange is None and uses_ragged_exchange(capacity):
         exchange = jax.lax.ragged_all_to_all
-    local = partial(_local_moe_ragged, exchange=exchange) if exchange else partial(_local_moe, capacity=capacity)
+    if exchange:
+        local = partial(_local_moe_ragged, exchange=exchange, grouped_matmul=grouped_matmul or jax.lax.ragged_dot)
+    else:
+        local = partial(_local_moe, capacity=capacity)
     fn = jax.shard_map(local, mesh=mesh,
                        in_specs=(tokens, tokens, tokens, experts, experts, experts), out_specs=(tokens, tokens))
     return fn(x, expert_idx, gates, w_gate, w_up, w_down)
