@@ -111,6 +111,9 @@ def test_sweep_run_gcloud_schedules_trunks_before_their_branches(cloud, tmp_path
             assert starts.index(dep) < starts.index(r.id)
     assert reg.counts() == {"pending": 0, "running": 0, "done": 9, "failed": 0}
     assert verbs(cloud)[-2:] == ["delete sw-0", "delete sw-1"] and cloud.state()["queued"] == {}
+    capsys.readouterr()
+    assert main(["sweep", "status", "--dir", str(tmp_path / "sw"), "--rescan"]) == 0  # results read from gs://
+    assert "rescanned the workdirs: 0 pending, 0 running, 9 done, 0 failed" in capsys.readouterr().out
 
 
 def test_a_preempted_run_is_relaunched_from_its_last_checkpoint_on_a_new_slice(cloud, tmp_path):

@@ -138,6 +138,7 @@ def _backend(args, registry):
 
 
 def _status(args) -> int:
+    from moe_jax.sweep.files import files_for
     from moe_jax.sweep.registry import Registry
     from moe_jax.sweep.results import read_result
     from moe_jax.sweep.runner import SweepLock
@@ -145,8 +146,9 @@ def _status(args) -> int:
 
     registry = Registry.open(args.dir, recreate=args.rescan)
     if args.rescan:
+        files = files_for(registry.meta().get("runs_root"))  # gs:// workdirs: read with `gcloud storage`
         with SweepLock(registry.dir):  # never rewrite states under a running launcher
-            counts = registry.rescan(read_result)
+            counts = registry.rescan(lambda record: read_result(record, files))
         print("rescanned the workdirs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     print(format_status(registry))
     return 0
