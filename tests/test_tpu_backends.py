@@ -308,3 +308,35 @@ def test_xpk_uses_a_given_image_and_needs_a_cluster(cloud, tmp_path):
     assert "--docker-image=gcr.io/p/moe:1" in create and create[-1].startswith("--command=moe-jax train --config")
     with pytest.raises(UserError, match="missing cluster"):
         XpkBackend(settings(), parse_accelerator("v5litepod-16"), Runner(), "sw")
+
+
+def test_stopping_the_launcher_stops_started_runs_and_starts_no_more(cloud, tmp_path):
+    cloud.world(plans={"sw-1": [["PROVISIONING"]]}, probes={"r1": ["running", "143"]})
+    reg = registry(tmp_path, "r1", "r2")
+    backend = gcloud_backend(tmp_path, pool=2)
+    handles = [backend.launch(reg.get(i)) for i in ("r1", "r2")]
+    for _ in range(3):  # r1: create, set up + start; r2's slice stays PROVISIONING
+        assert [backend.poll(h) for h in handles] == [None, None]
+    for handle in handles:
+        backend.stop(handle)
+    assert backend.poll(handles[1]).code == 143  # never started
+    assert backend.poll(handles[0]).code == 143  # saved and stopped on SIGTERM
+    assert verbs(cloud) == ["create sw-0", "create sw-1", "setup sw-0", "start r1 on sw-0"]
+    assert sum("kill -TERM" in argv[-1] for argv in cloud.calls("gcloud")) == 1
+
+
+def test_bad_sweep_run_flags_are_one_line_errors_and_run_nothing(cloud, tmp_path, capsys):
+    reg = registry(tmp_path, "r1")
+    (tmp_path / "tpu.toml").write_text(SETTINGS)
+    base = ["sweep", "run", "--dir", str(reg.dir), "--settings", str(tmp_path / "tpu.toml"), "--wheel", wheel(tmp_path)]
+    for extra, message in ((["--backend", "gcloud", "--slices", "0"], "--slices must be ≥ 1, got 0"),
+                           (["--backend", "gcloud", "--prefix", "Bad_Name"], "bad --prefix 'Bad_Name'"),
+                           (["--backend", "gcloud", "--max-failures", "0"], "--max-failures must be ≥ 1, got 0"),
+                           (["--backend", "gcloud", "--accelerator", "v9-16"], "unknown accelerator type 'v9-16'"),
+                           (["--backend", "xpk", "--settings", str(tmp_path / "none.toml")], "settings file not found")):
+        assert main([*base, *extra]) == 2, extra
+        [line] = capsys.readouterr().err.splitlines()
+        assert message in line, (extra, line)
+    (tmp_path / "tpu.toml").write_text(SETTINGS.replace('cluster = "gke-tpu"\n', ""))
+    assert main([*base, "--backend", "xpk"]) == 2 and "missing cluster" in capsys.readouterr().err
+    assert cloud.calls() == [] and reg.get("r1").state == "pending"

@@ -44,6 +44,7 @@ class OnSlice:
     train: list[str]  # the `moe-jax train …` argv
     where: str  # the slice
     started: bool = False
+    stopping: bool = False  # the launcher is stopping: never start it
 
 
 @dataclass
@@ -84,11 +85,15 @@ class GcloudBackend:
 
     def poll(self, handle: OnSlice) -> Exit | None:
         """Advance the slice (create, replace, set up, start) and report how the run ended, None meanwhile."""
+        if handle.stopping and not handle.started:
+            return self._ended(handle, EXIT_PREEMPTED, "the launcher stopped before the run started")
         _, state = self._described(handle.where)
         if state in slices.LOST:  # preempted, expired or never granted: replace the slice
             slices.delete(handle.where, self.settings, self.runner)
             self._installed.discard(handle.where)
-            return self._ended(handle, EXIT_PREEMPTED, f"its slice {handle.where} was {state}") if handle.started else None
+            if handle.started:
+                return self._ended(handle, EXIT_PREEMPTED, f"its slice {handle.where} was {state}")
+            return None
         if state == "DELETED":
             if handle.started:
                 return self._ended(handle, EXIT_PREEMPTED, f"its slice {handle.where} disappeared")
@@ -121,6 +126,7 @@ class GcloudBackend:
 
     def stop(self, handle: OnSlice) -> None:
         """SIGTERM on the workers: the run saves a checkpoint and exits 143."""
+        handle.stopping = True
         if handle.started:
             self.runner(commands.ssh(handle.where, self.settings, "all", commands.stop_training()), check=False)
 
@@ -131,7 +137,8 @@ class GcloudBackend:
             return None  # placed but never started: nothing runs it
         if where not in self.names:
             raise UserError(f"run {record.id!r} is recorded as running on {where!r}, outside this pool "
-                            f"({self.names[0]} … {self.names[-1]}); use the --prefix and --slices the sweep started with")
+                            f"({self.names[0]} … {self.names[-1]}); use the --prefix and --slices the sweep "
+                            f"started with")
         if self._described(where)[1] != "ACTIVE" or \
                 slices.probe(where, self.settings, self.runner, record.id) == "gone":
             return None
