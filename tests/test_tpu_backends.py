@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -166,6 +168,30 @@ def test_a_restarted_launcher_neither_duplicates_nor_loses_runs(cloud, tmp_path,
     assert counts["done"] == 2
     assert verbs(cloud)[3:] == ["setup sw-0", "start r2 on sw-0", "delete sw-0"]  # r1 adopted, not started again
     assert [(r.id, r.attempts) for r in reg.runs("done")] == [("r1", 1), ("r2", 1)]
+
+
+def test_sweep_run_killed_with_sigkill_then_run_again_neither_duplicates_nor_loses_runs(cloud, tmp_path):
+    reg = registry(tmp_path, "r1", "r2")
+    (tmp_path / "tpu.toml").write_text(SETTINGS)
+    argv = ["sweep", "run", "--dir", str(reg.dir), "--backend", "gcloud", "--settings", str(tmp_path / "tpu.toml"),
+            "--prefix", "sw", "--wheel", wheel(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    launcher = subprocess.Popen([sys.executable, "-m", "moe_jax.cli", *argv, "--poll-s", "0.1"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while "start r1 on sw-0" not in verbs(cloud):  # r1 runs ("running" until told otherwise)
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+    cloud.update(probes={"r1": ["running", "0"], "r2": ["0"]}, writes={"r1": [{}, finished("r1")], "r2": [finished("r2")]})
+    assert main([*argv, "--poll-s", "0"]) == 0
+    assert verbs(cloud).count("start r1 on sw-0") == 1 and verbs(cloud).count("start r2 on sw-0") == 1
+    assert [(r.id, r.state, r.attempts) for r in reg.runs()] == [("r1", "done", 1), ("r2", "done", 1)]
+    assert cloud.state()["queued"] == {}
 
 
 LOCK_HOLDER = """
@@ -340,3 +366,15 @@ def test_bad_sweep_run_flags_are_one_line_errors_and_run_nothing(cloud, tmp_path
     (tmp_path / "tpu.toml").write_text(SETTINGS.replace('cluster = "gke-tpu"\n', ""))
     assert main([*base, "--backend", "xpk"]) == 2 and "missing cluster" in capsys.readouterr().err
     assert cloud.calls() == [] and reg.get("r1").state == "pending"
+
+
+def test_a_sweep_whose_mesh_does_not_fill_the_slice_is_refused(cloud, tmp_path, capsys):
+    runs = [RunSpec("r1", "trunk", "d512", 8, 1000, 0, f"{ROOT}/r1", "configs/paper.py:d512_E8",
+                    {"mesh.fsdp": 4, "mesh.expert": 2})]
+    reg = Registry.create(tmp_path / "sweep", runs, {"grid": "test", "runs_root": ROOT})
+    (tmp_path / "tpu.toml").write_text(SETTINGS)
+    assert main(["sweep", "run", "--dir", str(reg.dir), "--settings", str(tmp_path / "tpu.toml"), "--backend",
+                 "gcloud", "--wheel", wheel(tmp_path), "--dry-run"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "run 'r1': mesh fsdp=4 x expert=2 needs 8 devices but v5litepod-16 has 16 chips" in line
+    assert cloud.calls() == []

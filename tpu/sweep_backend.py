@@ -11,6 +11,7 @@ import re
 from moe_jax.errors import UserError
 from moe_jax.tpu import slices
 from moe_jax.tpu.backends import GcloudBackend, XpkBackend
+from moe_jax.tpu.mesh import AXES, check_mesh_fits
 from moe_jax.tpu.runner import Runner
 from moe_jax.tpu.settings import check_bucket, checked_accelerator
 
@@ -32,6 +33,18 @@ def check_cloud_workdirs(registry) -> None:
         check_bucket(record.workdir, "workdir")
 
 
+def check_meshes(registry, accelerator) -> None:
+    """A mesh given to the sweep's runs (`sweep plan … --config.mesh.AXIS=N`) must fill the slice exactly."""
+    for record in registry.runs():
+        mesh = {key[len("mesh."):]: int(value) for key, value in record.spec.overrides.items()
+                if key.startswith("mesh.") and key[len("mesh."):] in AXES}
+        if mesh:
+            try:
+                check_mesh_fits(mesh, accelerator.chips, accelerator.name)
+            except UserError as err:
+                raise UserError(f"run {record.id!r}: {err}") from None
+
+
 def _wheel(args, runner: Runner) -> str:
     if args.wheel:
         return args.wheel
@@ -46,6 +59,7 @@ def make_backend(args, settings, registry, runner: Runner):
         settings.cluster = args.cluster
     accelerator = checked_accelerator(settings)
     check_cloud_workdirs(registry)
+    check_meshes(registry, accelerator)
     prefix = args.prefix or default_prefix(registry.dir)
     if not _NAME.fullmatch(f"{prefix}-0"):
         raise UserError(f"bad --prefix {prefix!r}; use lowercase letters, digits and '-', starting with a letter")
