@@ -158,7 +158,7 @@ def _fake_results(monkeypatch, backend):
     """read_result → a result for every workdir the fake backend 'finished'."""
     import moe_jax.sweep.runner as runner
 
-    monkeypatch.setattr(runner, "read_result", lambda record: {"loss": 1.0, "tokens": record.spec.budget, "own_wall_time_s": 1.0}
+    monkeypatch.setattr(runner, "read_result", lambda record, files=None: {"loss": 1.0, "tokens": record.spec.budget, "own_wall_time_s": 1.0}
                         if Path(record.workdir).is_dir() else None)
 
 

@@ -1,98 +1,50 @@
 """Sweep backends for Cloud TPU: a pool of gcloud queued-resource slices, or xpk workloads on a GKE cluster.
 
-A backend advances a sweep one poll at a time (`step`) against a registry of runs. The truth about a run
-is its gs:// workdir: a run is done once its summary.json exists there; a run that ended without one
-(preempted, crashed, its slice reclaimed) is started again with the same command on the same workdir,
-which resumes from the last checkpoint, until `max_retries` relaunches are used up. A run is marked
-running (with where it runs) *before* it is started, so a launcher that dies and is started again finds
-it, probes it and relaunches it only if it is not alive: runs are neither duplicated nor lost.
-`drive` holds a lock file for the whole sweep, so a second launcher on the same sweep refuses.
+Both implement the sweep runner's Backend protocol (moe_jax.sweep.runner: launch/poll/stop/adopt), so
+`run_sweep` drives them with the SQLite registry, its lock and its one retry policy:
+
+    run_sweep(registry, GcloudBackend(settings, accelerator, Runner(), "mj-paper", 4, wheel), parallel=4,
+              files=CloudFiles())
+
+The truth about a run is its gs:// workdir: the runner reads summary.json there. A run that ends without
+one is reported as preempted (its slice was reclaimed, its workload vanished: resumed without counting a
+failure) or failed (a non-zero exit). Either way it is relaunched later with the same command on the same
+workdir, which resumes from the last checkpoint. Each handle's `where` (slice or workload) is recorded in
+the registry, so a restarted launcher adopts the runs still alive instead of starting them twice.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import shlex
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
 
 from moe_jax.errors import UserError
+from moe_jax.sweep.runner import EXIT_PREEMPTED, Exit
 from moe_jax.tpu import commands, slices
 from moe_jax.tpu.accelerators import Accelerator
-from moe_jax.tpu.runner import Runner
+from moe_jax.tpu.runner import RecordingRunner, Runner
 from moe_jax.tpu.settings import Settings, require
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _check_run_id(run_id: str) -> None:
+    if not _RUN_ID.fullmatch(run_id):
+        raise UserError(f"run id {run_id!r} is not usable as a file name on the workers; use letters, digits, . _ -")
 
 
 @dataclass
-class Run:
-    """One run of a sweep as a backend sees it."""
+class OnSlice:
+    """A run placed on a pool slice; started once the slice is ACTIVE and set up."""
 
-    id: str  # unique in the sweep; names files on workers and workloads
-    train_args: list[str]  # after `moe-jax train`, without --workdir: ['--config', SPEC, '--config.K=V', …]
-    workdir: str  # gs://…/RUN: checkpoints, metrics, summary.json
-    attempts: int = 0  # launches so far
-    where: str = ""  # the slice or workload running it (status 'running')
-
-
-class Registry(Protocol):
-    """What the backends need of the sweep registry."""
-
-    def runs(self, status: str) -> list[Run]:
-        """Runs with status 'ready', 'running', 'done' or 'failed', in launch order."""
-
-    def mark_running(self, run_id: str, where: str) -> None:
-        """Status 'running' on `where`; counts one more attempt."""
-
-    def mark_done(self, run_id: str) -> None: ...
-
-    def mark_failed(self, run_id: str, reason: str) -> None: ...
-
-
-class SweepLock:
-    """An exclusive lock file: one launcher per sweep. Released when the holder exits, even if it crashes."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._file = None
-
-    def __enter__(self) -> SweepLock:
-        self._file = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "?"
-            self._file.close()
-            raise UserError(f"another launcher (pid {holder}) is driving this sweep (lock {self.path}); "
-                            f"let it finish or stop it first") from None
-        self._file.truncate(0)
-        self._file.write(str(os.getpid()))
-        self._file.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
-
-
-def drive(registry: Registry, backend, lock_path: str, poll_s: float = 60.0,
-          sleep: Callable[[float], None] = time.sleep) -> None:
-    """Advance the sweep until no run is ready or running, polling every `poll_s` seconds."""
-    with SweepLock(lock_path):
-        while backend.step(registry):
-            sleep(poll_s)
-
-
-def _relaunch_or_fail(run: Run, max_retries: int, reason: str, registry: Registry, launch: Callable) -> None:
-    """Relaunch `run` if it has retries left (attempts - 1 < max_retries), else mark it failed."""
-    if run.attempts <= max_retries:
-        launch(run)
-    else:
-        registry.mark_failed(run.id, f"{reason}; gave up after {run.attempts} attempts")
+    run_id: str
+    train: list[str]  # the `moe-jax train …` argv
+    where: str  # the slice
+    started: bool = False
+    stopping: bool = False  # the launcher is stopping: never start it
 
 
 @dataclass
@@ -105,68 +57,109 @@ class GcloudBackend:
     prefix: str  # slice names; unique per sweep
     pool_size: int
     wheel: str  # our built wheel, installed on each new slice
-    max_retries: int = 3
     _installed: set = field(default_factory=set, init=False)  # slices this launcher has set up
+    _busy: dict = field(default_factory=dict, init=False)  # slice -> run id placed on it
 
-    def step(self, registry: Registry) -> bool:
-        """One poll: create/replace slices, install, start, probe, relaunch. False once the sweep is over."""
-        names = [f"{self.prefix}-{i}" for i in range(self.pool_size)]
-        states = {name: slices.describe(name, self.settings, self.runner, echo=False) for name in names}
-        running = {run.where: run for run in registry.runs("running")}
-        stray = next((run for where, run in running.items() if where not in names), None)
-        if stray:
-            raise UserError(f"run {stray.id!r} is recorded as running on {stray.where!r}, outside this pool "
-                            f"({names[0]} … {names[-1]}); use the prefix and pool size the sweep started with")
-        ready = registry.runs("ready")
-        if not running and not ready:
-            for name in names:  # sweep over: give the slices back
-                if states[name] is not None and slices.is_ours(states[name]):
-                    slices.delete(name, self.settings, self.runner)
-            return False
-        idle = [n for n in names if n not in running and slices.state_of(states[n]) not in ("DELETED", *slices.LOST)]
-        to_create = len(ready) - len(idle)
-        for name in names:
-            state, run = slices.state_of(states[name]), running.get(name)
-            if state == "DELETED":  # (re)create it for its run, or for a ready run that has no slice yet
-                if run is None:
-                    if to_create <= 0:
-                        continue
-                    to_create -= 1
-                slices.create(name, self.settings, self.accelerator, self.runner)
-                continue
-            if not slices.is_ours(states[name]):
-                raise UserError(f"slice name {name!r} is taken by a queued resource moe-jax did not create; "
-                                f"choose another sweep prefix")
-            if state in slices.LOST:  # preempted or failed: replace it; its run restarts on the new slice
-                slices.delete(name, self.settings, self.runner)
-                self._installed.discard(name)
-            elif state == "ACTIVE" and run:
-                self._check(name, run, registry)
-            elif state == "ACTIVE" and ready:
-                self._launch(name, ready.pop(0), registry)
-            elif state == "ACTIVE":
-                slices.delete(name, self.settings, self.runner)  # nothing left to run here
-        return True
+    @property
+    def names(self) -> list[str]:
+        return [f"{self.prefix}-{i}" for i in range(self.pool_size)]
 
-    def _check(self, name: str, run: Run, registry: Registry) -> None:
-        status = slices.probe(name, self.settings, self.runner, run.id)
+    def _train(self, record) -> list[str]:
+        return commands.train_argv(record.train_args(), None)
+
+    def launch(self, record) -> OnSlice:
+        """Place the run on a free slice; `poll` creates/sets up the slice and starts it."""
+        _check_run_id(record.id)
+        free = [name for name in self.names if name not in self._busy]
+        if not free:
+            raise UserError(f"all {self.pool_size} slices are busy; run at most --slices runs at once")
+        self._busy[free[0]] = record.id
+        return OnSlice(record.id, self._train(record), free[0])
+
+    def _described(self, name: str) -> tuple[dict | None, str]:
+        described = slices.describe(name, self.settings, self.runner, echo=False)
+        if described is not None and not slices.is_ours(described):
+            raise UserError(f"slice name {name!r} is taken by a queued resource moe-jax did not create; "
+                            f"choose another sweep prefix (--prefix)")
+        return described, slices.state_of(described)
+
+    def poll(self, handle: OnSlice) -> Exit | None:
+        """Advance the slice (create, replace, set up, start) and report how the run ended, None meanwhile."""
+        if handle.stopping and not handle.started:
+            return self._ended(handle, EXIT_PREEMPTED, "the launcher stopped before the run started")
+        _, state = self._described(handle.where)
+        if state in slices.LOST:  # preempted, expired or never granted: replace the slice
+            slices.delete(handle.where, self.settings, self.runner)
+            self._installed.discard(handle.where)
+            if handle.started:
+                return self._ended(handle, EXIT_PREEMPTED, f"its slice {handle.where} was {state}")
+            return None
+        if state == "DELETED":
+            if handle.started:
+                return self._ended(handle, EXIT_PREEMPTED, f"its slice {handle.where} disappeared")
+            slices.create(handle.where, self.settings, self.accelerator, self.runner)
+            return None
+        if state != "ACTIVE":
+            return None
+        if not handle.started:
+            self._start(handle)
+            return None
+        status = slices.probe(handle.where, self.settings, self.runner, handle.run_id)
         if status == "running":
-            return
-        if slices.summary_exists(run.workdir, self.runner):
-            registry.mark_done(run.id)
-            return
-        reason = "its slice was replaced" if status == "gone" else f"exit code {status}"
-        _relaunch_or_fail(run, self.max_retries, reason, registry, lambda r: self._launch(name, r, registry))
+            return None
+        if not status.lstrip("-").isdigit():
+            return self._ended(handle, EXIT_PREEMPTED, f"its process on {handle.where} is gone (VM restarted?)")
+        code = int(status)
+        error = "" if code == 0 else f"exit {code} on {handle.where}; see `moe-jax tpu logs {handle.where}`"
+        return self._ended(handle, code, error)
 
-    def _launch(self, name: str, run: Run, registry: Registry) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", run.id):
-            registry.mark_failed(run.id, f"run id {run.id!r} is not usable as a file name")
-            return
-        if name not in self._installed:
-            slices.setup(name, self.settings, self.runner, self.wheel)
-            self._installed.add(name)
-        registry.mark_running(run.id, name)  # first: a launcher dying here relaunches, never duplicates
-        slices.start(name, self.settings, self.runner, run.id, commands.train_argv(run.train_args, run.workdir))
+    def _ended(self, handle: OnSlice, code: int, error: str) -> Exit:
+        self._busy.pop(handle.where, None)
+        return Exit(code, error)
+
+    def _start(self, handle: OnSlice) -> None:
+        if handle.where not in self._installed:
+            slices.setup(handle.where, self.settings, self.runner, self.wheel)
+            self._installed.add(handle.where)
+        slices.start(handle.where, self.settings, self.runner, handle.run_id, handle.train)
+        handle.started = True
+
+    def stop(self, handle: OnSlice) -> None:
+        """SIGTERM on the workers: the run saves a checkpoint and exits 143."""
+        handle.stopping = True
+        if handle.started:
+            self.runner(commands.ssh(handle.where, self.settings, "all", commands.stop_training()), check=False)
+
+    def adopt(self, record) -> OnSlice | None:
+        """The run a dead launcher left on its slice, if its process is alive there or has exited."""
+        where = record.placement
+        if not where:
+            return None  # placed but never started: nothing runs it
+        if where not in self.names:
+            raise UserError(f"run {record.id!r} is recorded as running on {where!r}, outside this pool "
+                            f"({self.names[0]} … {self.names[-1]}); use the --prefix and --slices the sweep "
+                            f"started with")
+        if self._described(where)[1] != "ACTIVE" or \
+                slices.probe(where, self.settings, self.runner, record.id) == "gone":
+            return None
+        self._busy[where] = record.id
+        return OnSlice(record.id, self._train(record), where, started=True)
+
+    def close(self) -> None:
+        """The sweep is over: give back the pool's slices (ours only)."""
+        for name in self.names:
+            described = slices.describe(name, self.settings, self.runner, echo=False)
+            if described is not None and slices.is_ours(described):
+                slices.delete(name, self.settings, self.runner)
+
+    def preview(self, records) -> list[list[str]]:
+        """What launching `records` on fresh slices runs: create, set up and start each (for --dry-run)."""
+        dry = RecordingRunner()
+        for name, record in zip(self.names, records):
+            slices.create(name, self.settings, self.accelerator, dry)
+            slices.setup(name, self.settings, dry, self.wheel)
+            slices.start(name, self.settings, dry, record.id, self._train(record))
+        return dry.calls
 
 
 def workload_name(prefix: str, run_id: str, attempt: int) -> str:
@@ -193,6 +186,15 @@ def parse_workload_list(text: str) -> dict[str, str]:
 
 
 @dataclass
+class Workload:
+    """A run submitted as one xpk workload."""
+
+    run_id: str
+    where: str  # the workload name
+    missing: int = 0  # consecutive polls it was not listed
+
+
+@dataclass
 class XpkBackend:
     """Submits each ready run as an xpk workload on an existing GKE cluster; Kueue queues them."""
 
@@ -201,49 +203,52 @@ class XpkBackend:
     runner: Runner
     prefix: str  # workload names: PREFIX-RUN-ATTEMPT
     max_restarts: int = 10  # JobSet restarts inside one workload (spot preemption)
-    max_retries: int = 2  # new workloads after one ended without summary.json
     script_dir: str = ""  # holds our wheel, when settings.docker_image is unset
-    _missing: dict = field(default_factory=dict, init=False)  # workload -> consecutive polls it was not listed
 
     def __post_init__(self):
         require(self.settings, "project", "zone", "cluster")
-        if not self.settings.docker_image and not os.path.isfile(os.path.join(self.script_dir or "",
-                                                                             commands.wheel_name())):
+        if not self.settings.docker_image and not self.runner.dry_run and \
+                not os.path.isfile(os.path.join(self.script_dir or "", commands.wheel_name())):
             raise UserError(f"xpk needs an image with moe_jax: set docker_image in the settings, or give a "
                             f"script dir holding {commands.wheel_name()} (xpk adds it to python:3.11)")
 
-    def step(self, registry: Registry) -> bool:
-        running, ready = registry.runs("running"), registry.runs("ready")
-        if not running and not ready:
-            return False
-        table = parse_workload_list(self.runner(commands.xpk_list(self.settings), capture=True, echo=False).out) \
-            if running else {}
-        for run in running:
-            status = table.get(run.where)
-            self._missing[run.where] = 0 if status else self._missing.get(run.where, 0) + 1
-            if status == "Finished" or self._missing[run.where] >= 2:  # twice unlisted: it is gone
-                self._finish(run, listed=status is not None, registry=registry)
-        for run in ready:
-            self._launch(run, registry)
-        return True
+    def _create(self, record, name: str) -> list[str]:
+        return commands.xpk_create(name, self.settings, self.accelerator, self.max_restarts,
+                                   *self._image_and_command(record))
 
-    def _finish(self, run: Run, listed: bool, registry: Registry) -> None:
-        if listed:
-            self.runner(commands.xpk_delete(run.where, self.settings))
-        if slices.summary_exists(run.workdir, self.runner):
-            registry.mark_done(run.id)
-        else:
-            _relaunch_or_fail(run, self.max_retries, f"workload {run.where} ended without summary.json", registry,
-                              lambda r: self._launch(r, registry))
+    def launch(self, record) -> Workload:
+        """Submit attempt `record.attempts + 1` (`record` as it was before the runner marked it running)."""
+        name = workload_name(self.prefix, record.id, record.attempts + 1)
+        self.runner(self._create(record, name))
+        return Workload(record.id, name)
 
-    def _launch(self, run: Run, registry: Registry) -> None:
-        name = workload_name(self.prefix, run.id, run.attempts + 1)
-        registry.mark_running(run.id, name)  # first: a launcher dying here relaunches, never duplicates
-        self.runner(commands.xpk_create(name, self.settings, self.accelerator, self.max_restarts,
-                                        *self._image_and_command(run)))
+    def _table(self) -> dict[str, str]:
+        return parse_workload_list(self.runner(commands.xpk_list(self.settings), capture=True, echo=False).out)
 
-    def _image_and_command(self, run: Run) -> tuple[list[str], str]:
-        train = shlex.join(commands.train_argv(run.train_args, run.workdir, program="moe-jax"))
+    def poll(self, handle: Workload) -> Exit | None:
+        status = self._table().get(handle.where)
+        handle.missing = 0 if status else handle.missing + 1
+        if handle.missing >= 2:  # twice unlisted: deleted or evicted for good
+            return Exit(EXIT_PREEMPTED, f"workload {handle.where} is gone")
+        if status not in ("Finished", "Failed"):
+            return None
+        self.runner(commands.xpk_delete(handle.where, self.settings))
+        return Exit(0, "") if status == "Finished" else Exit(1, f"workload {handle.where} failed")
+
+    def stop(self, handle: Workload) -> None:
+        """Delete the workload: its pods get SIGTERM, save a checkpoint and stop."""
+        self.runner(commands.xpk_delete(handle.where, self.settings), check=False)
+
+    def adopt(self, record) -> Workload | None:
+        """The workload of the run's current attempt, if the cluster still lists it."""
+        where = record.placement or workload_name(self.prefix, record.id, record.attempts)
+        return Workload(record.id, where) if where in self._table() else None
+
+    def preview(self, records) -> list[list[str]]:
+        return [self._create(r, workload_name(self.prefix, r.id, r.attempts + 1)) for r in records]
+
+    def _image_and_command(self, record) -> tuple[list[str], str]:
+        train = shlex.join(commands.train_argv(record.train_args(), None, program="moe-jax"))
         if self.settings.docker_image:
             return [f"--docker-image={self.settings.docker_image}"], train
         install = commands.pip_install("pip", commands.wheel_name())

@@ -31,6 +31,12 @@ _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("name", metavar="NAME", help="the queued resource (and TPU VM) name, e.g. moe-v5e-16")
+    add_settings_arguments(common)
+    return common
+
+
+def add_settings_arguments(common: argparse.ArgumentParser) -> None:
+    """--settings FILE, the settings flags and --dry-run (shared with `moe-jax sweep run`)."""
     common.add_argument("--settings", help="TOML or JSON file with project, zone, bucket, accelerator, capacity, …")
     common.add_argument("--project", help="Google Cloud project id")
     common.add_argument("--zone", help="zone, e.g. us-west4-a (must offer the accelerator)")
@@ -44,7 +50,6 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--max-run-duration", help="flex-start: how long the slice lives, e.g. 24h (at most 7d)")
     common.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="extra label (repeatable)")
     common.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
-    return common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

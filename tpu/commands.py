@@ -94,9 +94,10 @@ def install_on_worker(wheel: str) -> str:
             f"{WORKER_PYTHON} -m venv {VENV} && {pip_install(f'{VENV}/bin/pip', wheel)}")
 
 
-def train_argv(train_args: list[str], workdir: str, program: str = f"{VENV}/bin/moe-jax") -> list[str]:
-    """`moe-jax train ARGS --workdir WORKDIR`; ARGS = ['--config', SPEC, '--config.KEY=VALUE', …]."""
-    return [program, "train", *train_args, "--workdir", workdir]
+def train_argv(train_args: list[str], workdir: str | None, program: str = f"{VENV}/bin/moe-jax") -> list[str]:
+    """`moe-jax train ARGS --workdir WORKDIR`; ARGS = ['--config', SPEC, '--config.KEY=VALUE', …] (with
+    `workdir` None, ARGS name it already, as a sweep run's do)."""
+    return [program, "train", *train_args, *(["--workdir", workdir] if workdir else [])]
 
 
 def start_in_background(run: str, train: list[str]) -> str:
@@ -126,11 +127,6 @@ def tail_log(lines: int, follow: bool) -> str:
 def stop_training() -> str:
     """SIGTERM to the run's whole process group: the train loop saves a checkpoint and exits (143)."""
     return f'kill -TERM -- "-$(cat {HOME_DIR}/train.pid)"'
-
-
-def summary_exists(workdir: str) -> list[str]:
-    """Exit 0 iff the run wrote summary.json, i.e. finished (the workdir is the truth about a run)."""
-    return ["gcloud", "storage", "ls", f"{workdir.rstrip('/')}/summary.json"]
 
 
 def xpk_create(workload: str, s: Settings, accelerator: Accelerator, max_restarts: int,

@@ -47,3 +47,15 @@ class Runner:
             raise UserError(f"{render(argv[:6])} … failed with exit code {result.code}"
                             + (f": {last[0]}" if last[0] else ""))
         return result
+
+
+class RecordingRunner(Runner):
+    """A dry runner that collects the argv lists instead of printing them (a backend's preview)."""
+
+    def __init__(self):
+        super().__init__(dry_run=True)
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str], capture: bool = False, check: bool = True, echo: bool = True) -> Result:
+        self.calls.append(list(argv))
+        return Result(0)

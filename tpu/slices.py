@@ -96,6 +96,3 @@ def probe(name: str, s: Settings, run: Runner, run_name: str) -> str:
     lines = result.out.strip().splitlines()
     return lines[-1].strip() if result.code == 0 and lines else "gone"
 
-
-def summary_exists(workdir: str, run: Runner) -> bool:
-    return run(commands.summary_exists(workdir), capture=True, check=False, echo=False).code == 0

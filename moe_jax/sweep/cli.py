@@ -3,6 +3,8 @@
     moe-jax sweep plan --grid smoke --dir sweeps/smoke      # expand the grid into runs, create the registry
                        [--runs-root DIR] [--config.SECTION.FIELD=VALUE …]  # shared overrides for every run
     moe-jax sweep run --dir sweeps/smoke [--parallel 2]     # train what is ready; re-run to continue
+    moe-jax sweep run --dir D --backend gcloud --settings tpu.toml --slices 4 [--dry-run]   # on Cloud TPU
+    moe-jax sweep run --dir D --backend xpk --settings tpu.toml --cluster C [--dry-run]     # on GKE via xpk
     moe-jax sweep status --dir sweeps/smoke [--rescan]      # progress, ETA, failures
     moe-jax sweep collect --dir sweeps/smoke --out runs.csv # the table `moe-jax fit` reads
 """
@@ -21,12 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan = sub.add_parser("plan", help="expand a grid into runs and create DIR/sweep.sqlite")
     plan.add_argument("--grid", required=True, help="built-in grid (smoke, cpu, paper) or the path of a grid .py file")
     plan.add_argument("--dir", required=True, help="sweep directory: registry, logs, and runs/ (the workdirs)")
-    plan.add_argument("--runs-root", help="where the run workdirs go (default DIR/runs)")
+    plan.add_argument("--runs-root", help="where the run workdirs go (default DIR/runs); gs://BUCKET/PATH for TPU")
     plan.epilog = ("Add shared overrides for every run as --config.SECTION.FIELD=VALUE, "
                    "e.g. --config.data.fineweb_path=/data/fineweb for the paper grid.")
     run = sub.add_parser("run", help="train ready runs in dependency order; safe to kill and re-run")
     run.add_argument("--dir", required=True, help="sweep directory created by `sweep plan`")
-    run.add_argument("--parallel", type=int, default=1, metavar="N", help="runs trained at once (default 1)")
+    run.add_argument("--parallel", type=int, metavar="N",
+                     help="runs trained at once (default: 1 locally, --slices for gcloud, all ready for xpk)")
+    _add_cloud_arguments(run)
     status = sub.add_parser("status", help="runs and tokens done, ETA, failures")
     status.add_argument("--dir", required=True, help="sweep directory")
     status.add_argument("--rescan", action="store_true",
@@ -35,6 +39,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     collect.add_argument("--dir", required=True, help="sweep directory")
     collect.add_argument("--out", required=True, help="CSV path (columns n_act, n_total, tokens, experts, loss, …)")
     collect.add_argument("--kinds", default="branch,control", help="run kinds to include (default branch,control)")
+
+
+def _add_cloud_arguments(run: argparse.ArgumentParser) -> None:
+    from moe_jax.tpu.cli import add_settings_arguments
+
+    run.add_argument("--backend", choices=("local", "gcloud", "xpk"), default="local",
+                     help="local processes (default), a pool of Cloud TPU slices, or xpk workloads on GKE")
+    run.add_argument("--slices", type=int, default=1, metavar="N", help="gcloud: at most N slices at once")
+    run.add_argument("--cluster", help="xpk: the existing GKE cluster (or cluster in the settings file)")
+    run.add_argument("--prefix", help="names of the slices/workloads (default mj-SWEEPDIR)")
+    run.add_argument("--max-restarts", type=int, default=10, help="xpk: restarts inside one workload (spot)")
+    run.add_argument("--max-failures", type=int, help="failed launches before a run is marked failed (default 2)")
+    run.add_argument("--max-attempts", type=int, help="launches of one run, preemptions included (default 6)")
+    run.add_argument("--poll-s", type=float, help="seconds between polls (default 0.5 local, 30 gcloud/xpk)")
+    run.add_argument("--wheel", help="gcloud/xpk: our built wheel (default: build it from --source into --wheel-dir)")
+    run.add_argument("--source", default=".", help="the moe_jax checkout to build the wheel from")
+    run.add_argument("--wheel-dir", default="dist", help="where the wheel is built")
+    add_settings_arguments(run)
 
 
 def plan_sweep(grid_spec: str, sweep_dir: str, runs_root: str | None = None, overrides=()):
@@ -75,19 +97,48 @@ def _plan(args, extra) -> int:
 
 
 def _run(args) -> int:
+    from moe_jax.sweep.files import files_for
     from moe_jax.sweep.registry import Registry
-    from moe_jax.sweep.runner import LocalBackend, SweepLock, run_sweep
+    from moe_jax.sweep.runner import SweepLock, ready_runs, run_sweep
     from moe_jax.sweep.status import format_status
+    from moe_jax.tpu.commands import render
 
     registry = Registry.open(args.dir)
+    for name in ("max_failures", "max_attempts"):
+        if getattr(args, name) is not None:
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+            setattr(registry, name, getattr(args, name))
+    files = files_for(registry.meta().get("runs_root"))
     with SweepLock(registry.dir):
-        counts = run_sweep(registry, LocalBackend(registry.dir), parallel=args.parallel,
+        backend, parallel = _backend(args, registry)
+        if args.dry_run:  # what the next scheduling step would launch; the registry is left as it is
+            for argv in backend.preview(ready_runs(registry, files)[:parallel]):
+                print(render(argv))
+            return 0
+        poll_s = args.poll_s if args.poll_s is not None else 0.5 if args.backend == "local" else 30.0
+        counts = run_sweep(registry, backend, parallel=parallel, poll_s=poll_s, files=files,
                            say=lambda msg: print(msg, flush=True))
     print(format_status(registry))
     return 0 if counts["done"] == sum(counts.values()) else 1
 
 
+def _backend(args, registry):
+    """(backend, runs at once) for --backend; the cloud ones check their settings first."""
+    from moe_jax.sweep.runner import LocalBackend
+
+    if args.backend == "local":
+        return LocalBackend(registry.dir), args.parallel or 1
+    from moe_jax.tpu.cli import settings_from
+    from moe_jax.tpu.runner import Runner
+    from moe_jax.tpu.sweep_backend import make_backend
+
+    backend, parallel = make_backend(args, settings_from(args), registry, Runner(dry_run=args.dry_run))
+    return backend, min(args.parallel or parallel, parallel)
+
+
 def _status(args) -> int:
+    from moe_jax.sweep.files import files_for
     from moe_jax.sweep.registry import Registry
     from moe_jax.sweep.results import read_result
     from moe_jax.sweep.runner import SweepLock
@@ -95,8 +146,9 @@ def _status(args) -> int:
 
     registry = Registry.open(args.dir, recreate=args.rescan)
     if args.rescan:
+        files = files_for(registry.meta().get("runs_root"))  # gs:// workdirs: read with `gcloud storage`
         with SweepLock(registry.dir):  # never rewrite states under a running launcher
-            counts = registry.rescan(read_result)
+            counts = registry.rescan(lambda record: read_result(record, files))
         print("rescanned the workdirs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     print(format_status(registry))
     return 0

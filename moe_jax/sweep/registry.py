@@ -10,6 +10,8 @@ A launcher (the local runner, or a TPU backend) drives it with
     reg = Registry.open(dir)
     for run in reg.ready(): reg.mark_running(run.id); <launch run.train_args in run.workdir>
     reg.mark_done(run.id, result) | reg.mark_failed(run.id, error) | reg.mark_interrupted(run.id)
+A cloud launcher also records where a run was started (`set_placement`: its slice or workload), so a
+restarted launcher finds it again. `max_failures` / `max_attempts` are the sweep's one retry policy.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from moe_jax.errors import UserError
+from moe_jax.sweep.files import LOCAL, join
 from moe_jax.sweep.grid import RunSpec
 
 DB_NAME, PLAN_NAME = "sweep.sqlite", "plan.json"
@@ -32,7 +35,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
   seq INTEGER NOT NULL, id TEXT PRIMARY KEY, kind TEXT NOT NULL, spec TEXT NOT NULL, workdir TEXT NOT NULL,
   deps TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-  failures INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT, started REAL, finished REAL);
+  failures INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT, started REAL, finished REAL, placement TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -49,6 +52,7 @@ class RunRecord:
     error: str | None
     started: float | None
     finished: float | None
+    placement: str | None = None  # the slice or workload a cloud backend started it on
 
     @property
     def id(self) -> str:
@@ -74,11 +78,11 @@ def spec_from_json(text: str) -> RunSpec:
     return RunSpec(**raw)
 
 
-def point_exists(workdir: str, tokens: int) -> bool:
-    """Whether a trunk's branch point at `tokens` is completely written (local paths)."""
-    from moe_jax.train.branching import saved_points
+def point_exists(workdir: str, tokens: int, files=LOCAL) -> bool:
+    """Whether a trunk's branch point at `tokens` is completely written (its meta/ appears last)."""
+    from moe_jax.train.branching import POINTS_DIR
 
-    return tokens in saved_points(workdir)
+    return files.exists(join(workdir, POINTS_DIR, str(tokens), "meta"))
 
 
 class Registry:
@@ -86,6 +90,7 @@ class Registry:
 
     def __init__(self, sweep_dir: Path, connection: sqlite3.Connection):
         self.dir, self._db = sweep_dir, connection
+        self.max_failures, self.max_attempts = MAX_FAILURES, MAX_ATTEMPTS
 
     @classmethod
     def create(cls, sweep_dir, runs: list[RunSpec], meta: dict) -> "Registry":
@@ -130,6 +135,8 @@ class Registry:
                             f"`moe-jax sweep plan --grid NAME --dir {sweep_dir}`")
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
         db.row_factory = sqlite3.Row
+        if "placement" not in {row["name"] for row in db.execute("PRAGMA table_info(runs)")}:
+            db.execute("ALTER TABLE runs ADD COLUMN placement TEXT")  # a registry from before cloud backends
         return cls(sweep_dir, db)
 
     def close(self) -> None:
@@ -141,7 +148,7 @@ class Registry:
     def runs(self, state: str | None = None) -> list[RunRecord]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY seq").fetchall()
         records = [RunRecord(spec_from_json(r["spec"]), r["state"], r["attempts"], r["failures"],
-                             json.loads(r["result"]) if r["result"] else None, r["error"], r["started"], r["finished"])
+                             json.loads(r["result"]) if r["result"] else None, r["error"], r["started"], r["finished"], r["placement"])
                    for r in rows]
         return [r for r in records if state is None or r.state == state]
 
@@ -179,24 +186,29 @@ class Registry:
                 raise UserError(f"no run {run_id!r} in the sweep registry of {self.dir}")
 
     def mark_running(self, run_id: str) -> None:
-        self._update(run_id, "state = 'running', attempts = attempts + 1, started = ?, error = NULL", time.time())
+        self._update(run_id, "state = 'running', attempts = attempts + 1, started = ?, error = NULL, placement = NULL",
+                     time.time())
+
+    def set_placement(self, run_id: str, where: str) -> None:
+        """Where the running run was started (a slice, a workload), for a restarted launcher to find it."""
+        self._update(run_id, "placement = ?", where)
 
     def mark_done(self, run_id: str, result: dict) -> None:
         self._update(run_id, "state = 'done', result = ?, error = NULL, finished = ?", json.dumps(result), time.time())
 
     def mark_failed(self, run_id: str, error: str) -> str:
-        """Count a failure; the run goes back to pending, or to failed after MAX_FAILURES. Returns the new state."""
+        """Count a failure; the run goes back to pending, or to failed after `max_failures`. Returns the new state."""
         record = self.get(run_id)
         failures = record.failures + 1
-        state = "failed" if failures >= MAX_FAILURES or record.attempts >= MAX_ATTEMPTS else "pending"
+        state = "failed" if failures >= self.max_failures or record.attempts >= self.max_attempts else "pending"
         self._update(run_id, "state = ?, failures = ?, error = ?, finished = ?", state, failures, error, time.time())
         return state
 
     def mark_interrupted(self, run_id: str, reason: str) -> str:
         """A run stopped from outside (killed, preempted, launcher stopped): pending again, to resume from its
-        checkpoint — failed only once it has been launched MAX_ATTEMPTS times. Returns the new state."""
+        checkpoint — failed only once it has been launched `max_attempts` times. Returns the new state."""
         record = self.get(run_id)
-        state = "failed" if record.attempts >= MAX_ATTEMPTS else "pending"
+        state = "failed" if record.attempts >= self.max_attempts else "pending"
         error = f"{reason} (launched {record.attempts} times)" if state == "failed" else reason
         self._update(run_id, "state = ?, error = ?", state, error)
         return state

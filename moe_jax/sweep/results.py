@@ -1,6 +1,6 @@
 """What a finished run produced (from its workdir) and the runs table `moe-jax fit` reads.
 
-    result = read_result(record)       # None until WORKDIR/summary.json is complete
+    result = read_result(record)       # None until WORKDIR/summary.json is complete (files=CloudFiles() for gs://)
     rows = collect_rows(registry)      # one row per done branch/control run
     write_csv(rows, "runs.csv")        # n_act, n_total, tokens, experts, loss, flops, d_model, n_layers, kind, run
 """
@@ -12,42 +12,43 @@ import json
 from pathlib import Path
 
 from moe_jax.errors import UserError
+from moe_jax.sweep.files import LOCAL, join
 
 CSV_COLUMNS = ("n_act", "n_total", "tokens", "experts", "loss", "flops", "d_model", "n_layers", "kind", "run")
 FIT_KINDS = ("branch", "control")  # trunks end at constant LR: not a point of the law
 
 
-def _json(path: Path) -> dict | None:
+def _json(path: str, files) -> dict | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # missing, or half-written by a killed run
+        return json.loads(files.read_text(path) or "")
+    except ValueError:  # missing, or half-written by a killed run
         return None
 
 
-def _start_wall_time(spec) -> float:
+def _start_wall_time(spec, files) -> float:
     """Wall time the run inherited from its branch point (0 for runs from scratch)."""
     if not spec.start_tokens:
         return 0.0
     trunk_dir = spec.overrides["train.init_from"].rpartition("@")[0]
-    meta = _json(Path(trunk_dir) / "branch_points" / str(spec.start_tokens) / "meta" / "metadata")
+    meta = _json(join(trunk_dir, "branch_points", str(spec.start_tokens), "meta", "metadata"), files)
     return float(meta["wall_time_s"]) if meta else 0.0
 
 
-def train_seconds(workdir, start_tokens: int = 0) -> float:
+def train_seconds(workdir, start_tokens: int = 0, files=LOCAL) -> float:
     """Seconds spent in training steps, from metrics.jsonl (each logged window's tokens / its tokens per second)."""
-    from moe_jax.train.metrics import read_metrics
-
+    text = files.read_text(join(workdir, "metrics.jsonl")) or ""
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     seconds, seen = 0.0, start_tokens
-    for row in read_metrics(workdir, "train"):
+    for row in (r for r in rows if r.get("kind") == "train"):
         if row.get("tokens_per_s"):
             seconds += (row["tokens"] - seen) / row["tokens_per_s"]
         seen = row["tokens"]
     return seconds
 
 
-def read_result(record) -> dict | None:
-    """The run's result from WORKDIR/summary.json, or None while it has not finished."""
-    summary = _json(Path(record.workdir) / "summary.json")
+def read_result(record, files=LOCAL) -> dict | None:
+    """The run's result from WORKDIR/summary.json (read through `files`), or None while it has not finished."""
+    summary = _json(join(record.workdir, "summary.json"), files)
     if not summary or summary.get("preempted") or summary.get("final_eval_loss") is None:
         return None
     spec, model = record.spec, summary["config"]["model"]
@@ -56,8 +57,8 @@ def read_result(record) -> dict | None:
         "tokens": summary["tokens"], "flops": summary["flops"], "loss": summary["final_eval_loss"],
         "d_model": model["d_model"], "n_layers": model["n_layers"],
         "own_tokens": summary["tokens"] - spec.start_tokens,  # tokens this run trained itself
-        "own_wall_time_s": summary["wall_time_s"] - _start_wall_time(spec),  # incl. start-up, compile, eval
-        "own_step_time_s": train_seconds(record.workdir, spec.start_tokens),  # training steps only
+        "own_wall_time_s": summary["wall_time_s"] - _start_wall_time(spec, files),  # incl. start-up, compile, eval
+        "own_step_time_s": train_seconds(record.workdir, spec.start_tokens, files),  # training steps only
     }
 
 

@@ -10,6 +10,9 @@ A backend launches one run and reports how it ended; the registry bookkeeping is
         def poll(self, handle) -> Exit | None      # None while it runs
         def stop(self, handle) -> None             # ask it to save and stop (SIGTERM)
         def adopt(self, record) -> handle | None   # a run left 'running' by a dead launcher, if still alive
+    A handle with a `where` attribute (slice, workload) is recorded in the registry (`placement`) for adopt;
+    a backend with `close()` has it called once the sweep is over (the gcloud pool gives its slices back).
+    Backends: LocalBackend here; GcloudBackend and XpkBackend in moe_jax.tpu.backends.
 
 Local runs are `python -m moe_jax.cli train …` subprocesses. Each child holds an flock on
 DIR/locks/<run>.lock (inherited, so it outlives a killed launcher) and gets SIGTERM when the launcher
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Protocol
 
 from moe_jax.errors import UserError
+from moe_jax.sweep.files import LOCAL
+from moe_jax.sweep.registry import point_exists
 from moe_jax.sweep.results import read_result
 
 EXIT_PREEMPTED = 143  # moe-jax train saved and stopped on SIGTERM
@@ -133,6 +138,10 @@ class LocalBackend:
             os.close(fd)
         return _Local(proc, lock_path, log_path)
 
+    def preview(self, records) -> list[list[str]]:
+        """The commands launching `records` would run (for `sweep run --dry-run`)."""
+        return [[sys.executable, "-m", "moe_jax.cli", "train", *r.train_args()] for r in records]
+
     def poll(self, handle: _Local) -> Exit | None:
         if handle.proc is None:  # an orphan: finished once its lock is free
             if _lock_held(handle.lock_path):
@@ -185,9 +194,9 @@ class _StopRequest:
             signal.signal(s, old)
 
 
-def _finish(registry, record, ended: Exit, say) -> None:
+def _finish(registry, record, ended: Exit, say, files=LOCAL) -> None:
     """Record how one launch ended: done (with its result), interrupted (resume later) or a failure."""
-    result = read_result(registry.get(record.id))
+    result = read_result(registry.get(record.id), files=files)
     if result is not None:  # finished (also when a previous launcher's child finished it)
         registry.mark_done(record.id, result)
         say(f"done     {record.id}: loss {result['loss']:.4f} at {result['tokens']:,} tokens")
@@ -215,8 +224,24 @@ def _adopt_orphans(registry, backend, say) -> dict:
     return active
 
 
-def run_sweep(registry, backend, *, parallel: int = 1, poll_s: float = 0.5, say=print) -> dict[str, int]:
-    """Launch ready runs (≤ `parallel` at once) until none is left; returns the registry's state counts."""
+def ready_runs(registry, files=LOCAL) -> list:
+    """The registry's ready runs, with branch points looked up through `files`."""
+    return registry.ready(point_exists=lambda workdir, tokens: point_exists(workdir, tokens, files))
+
+
+def _launch(registry, backend, record, say) -> tuple:
+    registry.mark_running(record.id)
+    say(f"start    {record.id} ({record.spec.kind}, {record.spec.budget:,} tokens)")
+    handle = backend.launch(record)
+    if getattr(handle, "where", None):
+        registry.set_placement(record.id, handle.where)
+    return record, handle
+
+
+def run_sweep(registry, backend, *, parallel: int = 1, poll_s: float = 0.5, say=print, files=LOCAL) -> dict[str, int]:
+    """Launch ready runs (≤ `parallel` at once) until none is left; returns the registry's state counts.
+
+    `files` reads the workdirs (summary.json, branch points): CloudFiles for gs:// sweeps."""
     if parallel < 1:
         raise UserError(f"--parallel must be ≥ 1, got {parallel}")
     active, stopping = _adopt_orphans(registry, backend, say), set()
@@ -226,7 +251,7 @@ def run_sweep(registry, backend, *, parallel: int = 1, poll_s: float = 0.5, say=
                 ended = backend.poll(handle)
                 if ended is not None:
                     del active[run_id]
-                    _finish(registry, record, ended, say)
+                    _finish(registry, record, ended, say, files)
             if stop.signal is not None:
                 if not active:
                     break
@@ -235,13 +260,13 @@ def run_sweep(registry, backend, *, parallel: int = 1, poll_s: float = 0.5, say=
                         backend.stop(handle)
                         stopping.add(run_id)
             else:
-                for record in registry.ready()[: max(parallel - len(active), 0)]:
-                    registry.mark_running(record.id)
-                    say(f"start    {record.id} ({record.spec.kind}, {record.spec.budget:,} tokens)")
-                    active[record.id] = (record, backend.launch(record))
+                for record in ready_runs(registry, files)[: max(parallel - len(active), 0)]:
+                    active[record.id] = _launch(registry, backend, record, say)
                 if not active:
                     break
             time.sleep(poll_s)
     if stop.signal is not None:
         raise KeyboardInterrupt if stop.signal == signal.SIGINT else SystemExit(EXIT_PREEMPTED)
+    if hasattr(backend, "close"):
+        backend.close()
     return registry.counts()

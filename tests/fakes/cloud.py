@@ -26,6 +26,10 @@ class FakeCloud:
         """Set the canned world (see fake_cloud.py): queued, plans, probes, objects, workloads, xpk_plans."""
         (self.dir / "state.json").write_text(json.dumps(state))
 
+    def update(self, **changes) -> None:
+        """Change parts of the world, keeping the rest (e.g. the slices that exist)."""
+        (self.dir / "state.json").write_text(json.dumps({**self.state(), **changes}))
+
     def state(self) -> dict:
         return json.loads((self.dir / "state.json").read_text())
 

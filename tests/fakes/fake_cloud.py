@@ -8,6 +8,9 @@ canned world in $FAKE_CLOUD_DIR/state.json (and saves it back):
     probes:   {run: [outputs…]}   what probing a run on worker 0 prints: running | gone | EXIT CODE
     objects:  {gs path: k}        `gcloud storage ls` finds it from its k-th listing on
     workloads / xpk_plans:        the same for xpk workloads and their Status column (Admitted, Evicted, Finished)
+    writes:   {run or workload: [{gs path: text}, …]}   what the run "writes" to the bucket: the k-th probe of
+              the run (or listing of the workload) writes the k-th dict into $FAKE_CLOUD_DIR/bucket, which
+              `gcloud storage ls|cat` then find (a folder is listed once a file below it exists)
 """
 
 from __future__ import annotations
@@ -46,15 +49,32 @@ def gcloud(argv: list[str], world: dict) -> int:
         match = re.search(r"logs/([^ ]+)\.exit; elif kill", _flag(argv, "command") or "")
         if match:
             print(_next(world["probes"].setdefault(match[1], ["running"])))
+            _write(world, match[1])
         return 0
     if words[:2] == ["storage", "ls"]:
         path = words[2]
         world["ls_calls"][path] = world["ls_calls"].get(path, 0) + 1
-        if path in world["objects"] and world["ls_calls"][path] >= world["objects"][path]:
+        if path in world["objects"] and world["ls_calls"][path] >= world["objects"][path] or _in_bucket(path).exists():
             print(path)
             return 0
         return _fail("ERROR: (gcloud.storage.ls) One or more URLs matched no objects.")
+    if words[:2] == ["storage", "cat"]:
+        if not _in_bucket(words[2]).is_file():
+            return _fail("ERROR: (gcloud.storage.cat) One or more URLs matched no objects.")
+        print(_in_bucket(words[2]).read_text(), end="")
     return 0
+
+
+def _in_bucket(path: str) -> Path:
+    return Path(os.environ["FAKE_CLOUD_DIR"]) / "bucket" / path.removeprefix("gs://")
+
+
+def _write(world: dict, key: str) -> None:
+    """The run `key` writes its next batch of files to the bucket."""
+    batches = world["writes"].get(key) or [{}]
+    for path, text in batches.pop(0).items():
+        _in_bucket(path).parent.mkdir(parents=True, exist_ok=True)
+        _in_bucket(path).write_text(text)
 
 
 def _queued(verb: str, name: str, argv: list[str], world: dict) -> int:
@@ -91,6 +111,7 @@ def xpk(argv: list[str], world: dict) -> int:
               "Status   Status Message   Status Time")
         for workload, entry in world["workloads"].items():
             status = _next(entry["statuses"])
+            _write(world, workload)
             print(f"{workload}   2026-11-30T09:00:00Z   medium   4   4   <none>   {status}   JobSet {status.lower()}   "
                   f"2026-11-30T09:05:00Z")
     return 0
@@ -103,7 +124,7 @@ def main() -> int:
         log.write(json.dumps({"tool": tool, "argv": argv}) + "\n")
     state = folder / "state.json"
     world = json.loads(state.read_text()) if state.exists() else {}
-    for key in ("queued", "plans", "probes", "objects", "ls_calls", "workloads", "xpk_plans"):
+    for key in ("queued", "plans", "probes", "objects", "ls_calls", "workloads", "xpk_plans", "writes"):
         world.setdefault(key, {})
     code = gcloud(argv, world) if tool == "gcloud" else xpk(argv, world)
     state.write_text(json.dumps(world))
