@@ -146,11 +146,11 @@ def test_delete_refuses_a_slice_without_our_label_naming_it(cloud, settings, cap
 
 
 BAD_INPUT = [
-    (["run", "--config", "configs/paper.py:d1024_E8", "--mesh", "fsdp=4,expert=8"], "needs 32 devices"),
+    (["run", "--config", "configs/paper.py:d1024_E8", "--mesh", "fsdp=4,expert=8"], "needs 32·k devices but v5litepod-16 has 16 chips"),
     (["run", "--config", "configs/paper.py:d1024_E8", "--mesh", "fsdp=4,expert=4", "--accelerator", "v5p-16"],
      "zone 'us-west4-a' does not offer v5p"),
     (["run", "--config", "configs/paper.py:d1024_E8", "--mesh", "fsdp=4,expert=4", "--accelerator", "v4-16",
-      "--zone", "us-central2-b"], "needs 16 devices but v4-16 has 8 chips"),
+      "--zone", "us-central2-b"], "needs 16·k devices but v4-16 has 8 chips"),
     (["create", "--accelerator", "v7-8"], "unknown accelerator type 'v7-8'"),
     (["create", "--accelerator", "v5litepod"], "unknown accelerator type 'v5litepod'"),
     (["run", "--config", "configs/paper.py:d1024_E8", "--bucket", "s3://my-bucket"], "bucket 's3://my-bucket'"),

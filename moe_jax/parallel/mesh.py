@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import ml_collections
 
 from moe_jax.errors import ConfigError
 
@@ -19,8 +18,10 @@ AXES = ("data", "fsdp", "expert", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")  # the batch is split over these; 'tensor' peers see the same tokens
 
 
-def mesh_config(**overrides) -> ml_collections.ConfigDict:
+def mesh_config(**overrides) -> "ml_collections.ConfigDict":
     """Defaults of `config.mesh`: every device data-parallel. One size may be -1 = the remaining devices."""
+    import ml_collections  # here, so that the kernels' accelerator check runs without it
+
     c = ml_collections.ConfigDict()
     c.data = -1  # data-parallel replicas: parameters replicated, batch split (-1 = the devices left over)
     c.fsdp = 1  # fully-sharded data parallel: batch split, parameters and optimizer state sharded on `embed`
