@@ -144,6 +144,7 @@ def expert_parallel_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: in
         local = partial(_local_moe_ragged, exchange=exchange, grouped_matmul=grouped_matmul or jax.lax.ragged_dot)
     else:
         local = partial(_local_moe, capacity=capacity)
-    fn = jax.shard_map(local, mesh=mesh,
+    # A Pallas kernel's outputs carry no varying-axes type, so the check is off when one computes the experts.
+    fn = jax.shard_map(local, mesh=mesh, check_vma=grouped_matmul is None,
                        in_specs=(tokens, tokens, tokens, experts, experts, experts), out_specs=(tokens, tokens))
     return fn(x, expert_idx, gates, w_gate, w_up, w_down)
