@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 from moe_jax.errors import ConfigError, UserError
+from moe_jax.paths import is_remote, run_path
 from moe_jax.train import schedules
 
 POINTS_DIR = "branch_points"
@@ -91,7 +92,7 @@ def branch_points(config) -> list[tuple[int, int, int]]:
 
 
 def points_dir(workdir) -> Path:
-    return Path(workdir).absolute() / POINTS_DIR
+    return run_path(workdir) / POINTS_DIR
 
 
 def saved_points(workdir) -> list[int]:
@@ -103,7 +104,10 @@ def saved_points(workdir) -> list[int]:
 
 
 def _make_read_only(path: Path) -> None:
-    """Clear the write bits of every file below `path` (directories stay deletable by their owner)."""
+    """Clear the write bits of every file below `path` (directories stay deletable by their owner).
+    Local disks only: a bucket has no file modes (its objects are only written once here)."""
+    if is_remote(path):
+        return
     for root, _, files in os.walk(path):
         for name in files:
             f = Path(root) / name

@@ -9,7 +9,6 @@ checkpoint that is partial, unreadable or silently corrupted is skipped for the 
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from moe_jax.errors import UserError
+from moe_jax.paths import remove_tree, run_path
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def restore_branch_point(spec: str, abstract_state):
     if point is not None:
         return branching.restore_point(*point, abstract_state)
     path, _, step_text = spec.partition(":")
-    directory = Path(path).absolute() / "checkpoints"
+    directory = run_path(path) / "checkpoints"
     if not directory.is_dir() or (step_text and not step_text.isdigit()):
         raise UserError(f"train.init_from={spec!r}: expected WORKDIR[:STEP] of a run with checkpoints")
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
@@ -138,7 +138,7 @@ class Checkpointer:
     """Save/restore the training state under `directory` with Orbax (async, keep-last-K)."""
 
     def __init__(self, directory: str | Path, *, keep: int = 3, use_async: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = run_path(directory)
         self.keep, self.use_async = keep, use_async
         self._manager = self._open()
 
@@ -193,11 +193,11 @@ class Checkpointer:
         moved = []
         for step in steps:
             target = dest / f"{step}-{time.time_ns()}"
-            shutil.move(str(self.directory / str(step)), str(target))
+            (self.directory / str(step)).rename(target)
             moved.append(target)
         copies = sorted(dest.iterdir(), key=lambda p: int(p.name.rpartition("-")[2]) if p.name.rpartition("-")[2].isdigit() else 0)
         for old in copies[: max(len(copies) - self.keep, 0)]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
         self._manager = self._open()
         return moved
 
@@ -212,7 +212,7 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, dict]
     Works whatever mesh the run was saved from: every array is read onto this process's first device.
     """
     manager = ocp.CheckpointManager(
-        Path(workdir).absolute() / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True),
+        run_path(workdir) / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True),
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
     try:
         step = manager.latest_step() if step is None else step

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from moe_jax.paths import run_path, write_text_atomic
+
 
 class MetricsWriter:
     """Appends `{"step": s, "kind": k, ...}` lines to WORKDIR/metrics.jsonl and scalars to WORKDIR/tb.
@@ -19,10 +21,10 @@ class MetricsWriter:
     """
 
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0, tensorboard: bool = True):
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = run_path(workdir) / "metrics.jsonl"
         self._truncate_after(resume_step)
-        self._file = open(self.path, "a", encoding="utf-8")
-        self._tb = EventFileWriter(Path(workdir) / "tb") if tensorboard else None
+        self._file = self.path.open("a")  # in a bucket, each flush rewrites the object
+        self._tb = EventFileWriter(run_path(workdir) / "tb") if tensorboard else None
         if self._tb is not None and resume_step > 0:
             self._tb.restart(resume_step + 1)
 
@@ -37,9 +39,7 @@ class MetricsWriter:
                 continue  # a line cut by a kill mid-write
             if row.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        tmp.replace(self.path)
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, step: int, kind: str, values: dict) -> None:
         """Record scalar `values` at `step`; `kind` is 'train' or 'eval' (TensorBoard tag prefix)."""
@@ -109,7 +109,7 @@ def read_events(directory) -> list[tuple[int, str, float]]:
     from tensorflow.core.util import event_pb2
 
     out = []
-    for path in sorted(Path(directory).glob("events.out.tfevents.*")):  # TensorBoard's order: by name
+    for path in sorted(run_path(directory).glob("events.out.tfevents.*")):  # TensorBoard's order: by name
         for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
             event = event_pb2.Event.FromString(record)
             if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
@@ -129,7 +129,7 @@ def _plain(v):
 
 def read_metrics(workdir: str | os.PathLike, kind: str | None = None) -> list[dict]:
     """The rows of WORKDIR/metrics.jsonl, optionally only one kind."""
-    rows = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in (run_path(workdir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return [r for r in rows if kind is None or r.get("kind") == kind]
 
 

@@ -12,9 +12,10 @@ WORKDIR/config.json records, so resuming with the same command is accepted.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
 
 from moe_jax.errors import ConfigError
+from moe_jax.paths import run_path
 from moe_jax.train import schedules
 from moe_jax.train.branching import parse_point_spec, saved_points
 from moe_jax.train.config import validate, validate_vocab_size
@@ -61,7 +62,7 @@ def _check_init_from(spec: str, total_tokens: int) -> None:
                               f"{saved_points(trunk) or 'none'}); start the branch after the trunk passes {tokens:,} tokens")
         return
     path, _, step = spec.partition(":")
-    directory = Path(path) / "checkpoints"
+    directory = run_path(path) / "checkpoints"
     if not directory.is_dir():
         raise ConfigError(f"train.init_from={spec!r}: {path} holds no checkpoints/ directory; "
                           f"give WORKDIR[:STEP] of a run that has saved checkpoints")

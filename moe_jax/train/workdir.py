@@ -16,6 +16,7 @@ from pathlib import Path
 from flax import traverse_util
 
 from moe_jax.errors import ConfigError, UserError
+from moe_jax.paths import is_remote, run_path, write_text_atomic
 
 CONFIG_FILE = "config.json"
 # Fields that may differ when resuming a workdir (they change how a run is watched, not what it computes).
@@ -38,6 +39,8 @@ def _config_json(config) -> dict:
 
 def check_usable(workdir: str | os.PathLike) -> Path:
     """The absolute workdir path, or a UserError if it (or a parent) is a file or cannot be written."""
+    if is_remote(workdir):  # a bucket: nothing to check before the first write
+        return run_path(workdir)
     path = Path(workdir).absolute()
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None:  # pragma: no cover - '/' always exists
@@ -50,10 +53,20 @@ def check_usable(workdir: str | os.PathLike) -> Path:
     return path
 
 
+def _exists(path) -> bool:
+    """path.exists(), with a bucket that cannot be reached (no network, no credentials) as one line."""
+    try:
+        return path.exists()
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - TensorFlow's gfile raises its own errors for gs://
+        raise UserError(f"cannot reach {path}: {' '.join(str(err).split())[:200]}") from None
+
+
 def check_config_file(workdir: Path, config) -> None:
     """Refuse a workdir whose config.json records another run, or cannot be read (nothing is written)."""
     path = workdir / CONFIG_FILE
-    if not path.exists():
+    if not _exists(path):
         return
     try:
         old = json.loads(path.read_text())
@@ -80,8 +93,6 @@ def claim(workdir: Path, config, *, write: bool = True) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         if not write:
             return
-        tmp = workdir / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(_config_json(config), indent=1, sort_keys=True))
-        os.replace(tmp, workdir / CONFIG_FILE)  # never a half-written config.json
+        write_text_atomic(workdir / CONFIG_FILE, json.dumps(_config_json(config), indent=1, sort_keys=True))
     except OSError as err:
         raise UserError(f"cannot write to workdir {workdir}: {err.strerror or err}") from None
