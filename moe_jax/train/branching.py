@@ -153,6 +153,14 @@ def parse_point_spec(spec: str) -> tuple[str, int] | None:
     return path, int(tokens)
 
 
+def require_point(trunk_workdir: str, tokens: int) -> None:
+    """UserError (one line) unless the trunk has written its branch point at `tokens`."""
+    have = saved_points(trunk_workdir)
+    if tokens not in have:
+        raise UserError(f"train.init_from='{trunk_workdir}@{tokens}': the trunk has not written this branch point "
+                        f"yet (written: {have or 'none'}); start the branch after the trunk passes {tokens:,} tokens")
+
+
 def restore_point(trunk_workdir: str, tokens: int, abstract_state):
     """(state, meta) of the trunk's branch point at `tokens`, read-only; UserError if it is not written yet."""
     import orbax.checkpoint as ocp
@@ -160,10 +168,7 @@ def restore_point(trunk_workdir: str, tokens: int, abstract_state):
     from moe_jax.train.checkpointing import _restore_checked
 
     spec = f"{trunk_workdir}@{tokens}"
-    if tokens not in saved_points(trunk_workdir):
-        have = saved_points(trunk_workdir)
-        raise UserError(f"train.init_from={spec!r}: the trunk has not written this branch point yet (written: "
-                        f"{have or 'none'}); start the branch after the trunk passes {tokens:,} tokens")
+    require_point(trunk_workdir, tokens)
     manager = ocp.CheckpointManager(points_dir(trunk_workdir), item_names=("state", "meta"),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     try:

@@ -17,7 +17,7 @@ import json
 from moe_jax.errors import ConfigError
 from moe_jax.paths import run_path
 from moe_jax.train import schedules
-from moe_jax.train.branching import parse_point_spec, saved_points
+from moe_jax.train.branching import parse_point_spec, require_point
 from moe_jax.train.config import validate, validate_vocab_size
 
 SHORT_RUN_WARMUP_SHARE = 0.05  # warmup of a run too short for train.warmup_tokens, as a share of its tokens
@@ -57,9 +57,7 @@ def _check_init_from(spec: str, total_tokens: int) -> None:
         if tokens > total_tokens:
             raise ConfigError(f"train.init_from={spec!r} is at {tokens:,} tokens, past this run's {total_tokens:,}; "
                               f"branch from an earlier point")
-        if tokens not in saved_points(trunk):
-            raise ConfigError(f"train.init_from={spec!r}: the trunk has not written this branch point yet (written: "
-                              f"{saved_points(trunk) or 'none'}); start the branch after the trunk passes {tokens:,} tokens")
+        require_point(trunk, tokens)
         return
     path, _, step = spec.partition(":")
     directory = run_path(path) / "checkpoints"
