@@ -61,6 +61,7 @@ def _fingerprint_matches(meta: dict, state) -> bool:
 
 def _restore_checked(manager, step: int, abstract_state):
     """(state, meta) of one step, laid out by `abstract_state`'s shardings; ValueError when the fingerprint does not match."""
+    quiet_stale_reads()  # before reading: a failed read's siblings may fail in the background before we catch it
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], dict(restored["meta"])
@@ -173,7 +174,6 @@ class Checkpointer:
                 result = _restore_checked(self._manager, step, abstract_state)
                 break
             except Exception as err:  # any failure to read one checkpoint → fall back to an older one
-                quiet_stale_reads()  # Orbax's other reads of this checkpoint fail later, in the background
                 bad.append((step, short_reason(err)))
         if bad and result is None:
             # Nothing restorable at all: more likely changed code than corruption. Never discard them silently.
