@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "law": ("moe_jax.scaling.cli_law", "predict the loss of one (N_act, tokens, experts) point"),
     "plan": ("moe_jax.scaling.cli_plan", "optimal (E, d_model, layers, tokens, LR) for a budget"),
     "fit": ("moe_jax.scaling.cli_fit", "fit a Chinchilla or joint MoE law to a CSV of runs"),
+    "claims": ("moe_jax.scaling.cli_claims", "verdicts on the paper's headline claims from a sweep's runs, fit and reuse"),
     "model-info": ("moe_jax.model.cli_info", "parameter and FLOP counts of a config's model"),
     "data": ("moe_jax.data.cli", "prepare and inspect datasets and vocabularies"),
     "train": ("moe_jax.train.cli", "train a dense or MoE model from a config"),

@@ -290,4 +290,7 @@ def bootstrap(train: RunData, s: FitSettings, starts, experts, say) -> dict:
         "n_boot": s.bootstrap,
         "coefficients": {k: band(samples[k]) for k in keys},
         "derived": {k: band(v) for k, v in samples.items() if k not in keys},
+        # every resample's coefficients [n_boot, P] (keys in `sample_keys`): claims can be checked per sample
+        "sample_keys": list(keys),
+        "samples": [[float(samples[k][b]) for k in keys] for b in range(s.bootstrap)],
     }
