@@ -95,7 +95,7 @@ def data_section(vocab: int) -> dict[str, str]:
                               '(and data.vocab_path to a GPT-2 BPE dir)',
                 "data_note": "", "run_flags": " --config.data.fineweb_path=<FineWeb-Edu shards>"}
     if vocab == BYTE_VOCAB_SIZE:
-        choice, note = 'vocab_path="bytes"', "byte-level vocabulary (259 ids) as the law's; set data.task to its corpus"
+        choice, note = 'vocab_path="bytes"', "the law's byte-level vocabulary (259 ids); set data.task to its corpus"
     elif vocab in BUILTIN_VOCAB_SIZES:
         choice, note = f"builtin_vocab_size={vocab}", f"committed SentencePiece vocabulary of {vocab}; set data.task"
     else:
@@ -103,7 +103,7 @@ def data_section(vocab: int) -> dict[str, str]:
                 "data_note": f"No packaged vocabulary has the law's {vocab} ids: set data.vocab_path (and data.task) "
                              f"to the tokenizer and corpus the law was fitted on.\n",
                 "run_flags": " --config.data.vocab_path=<vocabulary>"}
-    return {"data_lines": f"    config.data = data_config(seq_len=512, {choice})  # {note}", "data_note": "",
+    return {"data_lines": f"    # {note}\n    config.data = data_config(seq_len=512, {choice})", "data_note": "",
             "run_flags": ""}
 
 
