@@ -108,7 +108,8 @@ def test_shape_summary_infers_only_what_the_columns_say():
     assert fitted == {"d_model": [16.0, 64.0], "n_act": [float(CPU_RULE.n_act(16)), float(CPU_RULE.n_act(64))],
                       "tokens": [1e6, 4e6], "experts": [1, 2, 8]}
     assert shape_summary(RunData(**base, d_model=d, n_layers=d / 16))[1] is None  # no vocab column: no guess
-    _, rule, notes = shape_summary(RunData(**base, d_model=d, n_layers=np.array([1.0, 2.0, 2.0]), vocab=np.full(3, 259.0)))
+    mixed = np.array([1.0, 2.0, 2.0])  # d / L = 16, 16, 32
+    _, rule, notes = shape_summary(RunData(**base, d_model=d, n_layers=mixed, vocab=np.full(3, 259.0)))
     assert rule is None and "d_model / n_layers = 16, 32" in notes[0]
     _, rule, notes = shape_summary(RunData(**base, d_model=d, n_layers=d / 16, vocab=np.array([259.0, np.nan, 259])))
     assert rule is None and "vocab" in notes[0]

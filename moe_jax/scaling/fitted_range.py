@@ -41,7 +41,7 @@ class FittedRange:
 
     d_model: tuple[float, float]
     n_act: tuple[float, float]
-    tokens: tuple[float, float] | None
+    tokens: tuple[float, float]
     experts: tuple[int, ...]
     smallest: str
     largest: str
@@ -49,27 +49,35 @@ class FittedRange:
 
     def to_dict(self) -> dict:
         return {"d_model": list(self.d_model), "n_act": list(self.n_act),
-                "tokens": None if self.tokens is None else list(self.tokens), "experts": list(self.experts)}
+                "tokens": list(self.tokens), "experts": list(self.experts)}
+
+    @classmethod
+    def of_fit(cls, d_model, n_act, tokens, experts) -> "FittedRange":
+        """A fit's range from its [min, max] spans and expert counts; its ends are named by d_model."""
+        return cls(d_model, n_act, tokens, tuple(sorted(set(experts))), f"d_model {d_model[0]:g}",
+                   f"d_model {d_model[1]:g}")
 
     @classmethod
     def from_runs(cls, d_model, n_act, tokens, experts) -> "FittedRange":
         """The range of runs (arrays [R]) as `moe-jax fit` records it."""
-        d = (float(np.min(d_model)), float(np.max(d_model)))
-        return cls(d, (float(np.min(n_act)), float(np.max(n_act))), (float(np.min(tokens)), float(np.max(tokens))),
-                   tuple(sorted({int(e) for e in np.asarray(experts).tolist()})), f"d_model {d[0]:g}", f"d_model {d[1]:g}")
+        def span(a):
+            return float(np.min(a)), float(np.max(a))
+
+        return cls.of_fit(span(d_model), span(n_act), span(tokens), [int(k) for k in np.asarray(experts).tolist()])
 
     @classmethod
     def from_dict(cls, data, source: str = "fitted_range") -> "FittedRange":
         """Read a fit JSON's "fitted_range"; a missing or bad value is a one-line UserError naming source and key."""
         if not isinstance(data, dict):
-            raise UserError(f"{source}: fitted_range must be an object with d_model, n_act, tokens, experts, got {data!r}")
-        spans = {key: _span_of(data.get(key), f"{source}: fitted_range.{key}") for key in ("d_model", "n_act", "tokens")}
+            raise UserError(f"{source}: fitted_range must be an object with d_model, n_act, tokens, experts, "
+                            f"got {data!r}")
+        spans = {k: _span_of(data.get(k), f"{source}: fitted_range.{k}") for k in ("d_model", "n_act", "tokens")}
         experts = data.get("experts")
         if (not isinstance(experts, list) or not experts
                 or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in experts)):
-            raise UserError(f"{source}: fitted_range.experts = {experts!r} must be a list of integers ≥ 1, e.g. [1, 2, 4, 8]")
-        return cls(spans["d_model"], spans["n_act"], spans["tokens"], tuple(sorted(set(experts))),
-                   f"d_model {spans['d_model'][0]:g}", f"d_model {spans['d_model'][1]:g}")
+            raise UserError(f"{source}: fitted_range.experts = {experts!r} must be a list of integers ≥ 1, "
+                            f"e.g. [1, 2, 4, 8]")
+        return cls.of_fit(spans["d_model"], spans["n_act"], spans["tokens"], experts)
 
 
 def _span_of(value, where: str) -> tuple[float, float]:

@@ -41,7 +41,7 @@ from moe_jax.train.config import train_config
 def get_config(arg=None):
     del arg
     config = ml_collections.ConfigDict()
-    config.model = model_config(  # layers = heads = d/{head_dim}, head dim {head_dim}, SwiGLU 3·d: the law's shape rule
+    config.model = model_config(  # the law's shape rule: layers = heads = d/{head_dim}, SwiGLU 3·d
         vocab_size={vocab}, d_model={d_model}, n_layers={n_layers}, n_heads={n_heads}, head_dim={head_dim},
         ffn_hidden={ffn_hidden}, experts={experts})
 {data_lines}
@@ -99,7 +99,7 @@ def data_section(vocab: int) -> dict[str, str]:
     elif vocab in BUILTIN_VOCAB_SIZES:
         choice, note = f"builtin_vocab_size={vocab}", f"committed SentencePiece vocabulary of {vocab}; set data.task"
     else:
-        return {"data_lines": "    config.data = data_config(seq_len=512)  # set data.vocab_path to the law's vocabulary",
+        return {"data_lines": "    config.data = data_config(seq_len=512)  # set data.vocab_path: the law's vocabulary",
                 "data_note": f"No packaged vocabulary has the law's {vocab} ids: set data.vocab_path (and data.task) "
                              f"to the tokenizer and corpus the law was fitted on.\n",
                 "run_flags": " --config.data.vocab_path=<vocabulary>"}
@@ -116,7 +116,8 @@ def write_plan_config(plan: dict, recommended: dict, path) -> Path:
     source = f"--flops {plan['flops']:.3g}, law {plan['coeffs']}"
     if "memory_optimal" in plan:
         source += f", memory {plan['memory_optimal']['memory_bytes'] / 1e9:.4g} GB"
-    text = _TEMPLATE.format(source=source, path_name=path.name, stem=path.stem, **values, **data_section(values["vocab"]))
+    text = _TEMPLATE.format(source=source, path_name=path.name, stem=path.stem, **values,
+                            **data_section(values["vocab"]))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

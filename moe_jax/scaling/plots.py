@@ -114,7 +114,8 @@ def plot_compute_optimal(law, path, experts=constants.PAPER_EXPERTS, flops_range
     if runs is not None:
         missing = [c for c in ("n_act", "tokens") if c not in runs.columns]
         if missing:
-            raise UserError(f"runs table is missing column(s) {', '.join(missing)}; needs n_act, tokens[, experts, flops]")
+            raise UserError(f"runs table is missing column(s) {', '.join(missing)}; "
+                            f"needs n_act, tokens[, experts, flops]")
         n, d = runs["n_act"].to_numpy(np.float64), runs["tokens"].to_numpy(np.float64)
         e = runs["experts"].to_numpy(np.float64) if "experts" in runs.columns else np.ones_like(n)
         f = runs["flops"].to_numpy(np.float64) if "flops" in runs.columns else 6.0 * n * d
