@@ -43,7 +43,7 @@ def test_fit_json_contract_and_out_dir(capsys, tmp_path, epoch_csv):
     assert result["objective"] == pytest.approx(1.01827e-3, rel=1e-5)
     assert "intervals" not in result
     assert json.loads((out_dir / "fit.json").read_text())["coefficients"] == result["coefficients"]
-    for png in ("loss_vs_flops.png", "residuals.png"):
+    for png in ("loss_vs_flops.png", "residuals.png", "compute_optimal.png"):
         assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # --coeffs round trip through `law` and `plan`.

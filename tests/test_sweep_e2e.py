@@ -51,8 +51,10 @@ def test_collect_then_fit_round_trip(smoke):
 
     with open(smoke / "runs.csv") as f:
         header = next(csv.reader(f))
-    assert header == ["n_act", "n_total", "tokens", "experts", "loss", "flops", "d_model", "n_layers", "kind", "run"]
+    assert header == ["n_act", "n_total", "tokens", "experts", "loss", "flops", "d_model", "n_layers", "kind", "run",
+                      "vocab"]  # columns added later come last
     rows = _rows(smoke / "runs.csv")
+    assert {(r["d_model"], r["n_layers"], r["vocab"]) for r in rows.values()} == {("16", "1", "259")}  # demo: bytes
     assert sorted(rows) == sorted([("branch", e, t) for e in ("1", "4") for t in ("20480", "40960", "61440")]
                                   + [("control", "4", "40960")])
     # Same seeds and data order: the control (one trapezoidal run) equals trunk + branch bitwise on CPU.
@@ -63,6 +65,9 @@ def test_collect_then_fit_round_trip(smoke):
         results["d16_E4_T40960_control"]["loss"]]
     fit = json.loads(_cli("fit", smoke / "runs.csv", "--law", "chinchilla", "--grid", "small", "--json", "--quiet").stdout)
     assert fit["n_train"] == 7
+    assert fit["shape_rule"] == {"head_dim": 16, "vocab": 259}  # d16 with 1 layer, byte vocabulary
+    assert fit["fitted_range"]["d_model"] == [16, 16] and fit["fitted_range"]["experts"] == [1]  # a Chinchilla fit
+    assert fit["fitted_range"]["n_act"] == [min(runs.n_act), max(runs.n_act)]
     c = fit["coefficients"]  # the reported RMSE is that of these coefficients on exactly our runs
     predicted = c["C"] + c["A"] / runs.n_act ** c["alpha"] + c["B"] / runs.tokens ** c["beta"]
     assert fit["rmse_train"] == pytest.approx(float(np.sqrt(np.mean((np.log(predicted) - np.log(runs.loss)) ** 2))), rel=1e-6)

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--huber-delta", type=float, metavar="X", help="Huber delta on log-loss (default 1e-3 / 0.01 for joint)")
     parser.add_argument("--weights", choices=WEIGHT_MODES, help="per-run weights: paper = (log L)^-30 (default for joint), none")
     parser.add_argument("--l2", type=float, metavar="X", help="L2 penalty on the parameters (default 0 / 1e-5 for joint)")
-    parser.add_argument("--out", metavar="DIR", help="write fit.json and the loss-vs-FLOPs and residual plots here")
+    parser.add_argument("--out", metavar="DIR", help="write fit.json and the loss-vs-FLOPs, residual and N*/D* plots here")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
@@ -50,7 +50,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         print(format_result(result, len(runs)))
         if out_dir is not None:
-            print(f"wrote {out_dir / 'fit.json'} (use with --coeffs), loss_vs_flops.png, residuals.png")
+            print(f"wrote {out_dir / 'fit.json'} (use with --coeffs), loss_vs_flops.png, residuals.png, "
+                  f"compute_optimal.png")
     return 0
 
 
@@ -75,6 +76,7 @@ def _plots(result, runs, out_dir: Path, progress) -> None:
     plots.plot_loss_vs_flops(result.law, out_dir / "loss_vs_flops.png", runs=frame, experts=experts,
                              heldout_mask=result.heldout_mask)
     plots.plot_residuals(result.law, frame, out_dir / "residuals.png", heldout_mask=result.heldout_mask)
+    plots.plot_compute_optimal(result.law, out_dir / "compute_optimal.png", experts, runs=frame)
 
 
 def format_result(result, n_runs: int) -> str:

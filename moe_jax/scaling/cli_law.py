@@ -9,7 +9,7 @@ import math
 from moe_jax.cli import reject_extra
 from moe_jax.errors import UserError, warn
 from moe_jax.scaling import counting, fitted_range
-from moe_jax.scaling.law import load_law
+from moe_jax.scaling.law_context import LawContext, load_law_context
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +33,11 @@ def parse_positive(flag: str, text) -> float:
     return value
 
 
-def law_warnings(law, n_act: float, experts: int) -> list[str]:
-    """Extrapolation warnings (fitted_range) for one point; its d_model is the paper shape with this N_act."""
-    from moe_jax.scaling.optimal import d_model_for_params
-
-    d_model = float(d_model_for_params(n_act))
-    return (fitted_range.expert_warnings(law, [experts])
-            + fitted_range.shape_warnings(law, f"N_act {n_act:.3g} =", [(experts, d_model)]))
+def law_warnings(ctx: LawContext, n_act: float, experts: int) -> list[str]:
+    """Extrapolation warnings (fitted_range) for one point; its d_model is the law's shape rule with this N_act."""
+    d_model = float(ctx.shape.d_for_params(n_act))
+    return (fitted_range.expert_warnings(ctx.law, [experts], ctx.fitted)
+            + fitted_range.shape_warnings(ctx.law, f"N_act {n_act:.3g} =", [(experts, d_model)], ctx.fitted))
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -47,13 +45,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     n_act = parse_positive("--n-act", args.n_act)
     tokens = parse_positive("--tokens", args.tokens)
     experts = fitted_range.integer_experts("--experts", args.experts)
-    law = load_law(args.coeffs)
+    ctx = load_law_context(args.coeffs)
+    law = ctx.law
     if law.kind == "chinchilla" and experts != 1:
         raise UserError(
             f"--coeffs {args.coeffs} is a Chinchilla law with no expert dependence; use --experts 1 or a joint law"
         )
     loss = float(law.loss(n_act, tokens, experts))
-    warnings = law_warnings(law, n_act, experts)
+    warnings = law_warnings(ctx, n_act, experts)
     for line in warnings:
         warn("law", line)
     if args.json:

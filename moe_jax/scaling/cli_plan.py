@@ -11,13 +11,14 @@ from moe_jax.errors import UserError, warn
 from moe_jax.scaling import constants, counting, fitted_range, optimal
 from moe_jax.scaling.cli_law import parse_positive
 from moe_jax.scaling.counting import format_count
-from moe_jax.scaling.law import load_law
+from moe_jax.scaling.shape_rule import ShapeRule
+from moe_jax.scaling.law_context import LawContext, load_law_context
 from moe_jax.scaling.plan_config import write_plan_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flops", metavar="F", help="training FLOPs budget (6·N_act·D), e.g. 1e22")
-    parser.add_argument("--experts", metavar="LIST", help="comma-separated expert counts (default 1,2,4,8,16,32)")
+    parser.add_argument("--experts", metavar="LIST", help="comma-separated expert counts (default 1,2,4,8,16,32, or those a fit JSON was fitted on)")
     parser.add_argument("--memory", metavar="SIZE", help="accelerator memory for the weights (+KV), e.g. 80GB")
     parser.add_argument("--bytes-per-param", metavar="B", default="2", help="bytes per stored parameter (default 2)")
     parser.add_argument("--kv-tokens", metavar="K", default="0", help="KV-cache tokens held in memory (adds K·2·L·d)")
@@ -25,31 +26,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens served over the model's life; their 2·N_act FLOPs each come out of the budget")
     parser.add_argument("--coeffs", default="paper2025", help="paper2025 | hoffmann2022 | epoch2024 | PATH to a fit JSON")
     parser.add_argument("--realistic", action="store_true",
-                        help="memory plan over d_model multiples of 64 (integer layers, head dim 64)")
-    parser.add_argument("--plot", metavar="DIR", help="write loss_vs_flops.png and memory_optimal_map.png into DIR")
+                        help="memory plan over d_model multiples of the head dim (integer layers; the paper: 64)")
+    parser.add_argument("--plot", metavar="DIR",
+                        help="write loss_vs_flops.png, compute_optimal.png and memory_optimal_map.png into DIR")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of tables")
     parser.add_argument("--write-config", metavar="PATH",
                         help="write the recommended configuration as a runnable train config .py (integer shape)")
 
 
-def parse_experts(text: str | None, law) -> tuple[int, ...]:
-    """'1,2,4' → (1, 2, 4); default: the paper's list for a joint law, (1,) for a Chinchilla law."""
+def parse_experts(text: str | None, law, default=constants.PAPER_EXPERTS) -> tuple[int, ...]:
+    """'1,2,4' → (1, 2, 4); default: `default` (the paper's list, or a fit's own) for a joint law, (1,) for Chinchilla."""
     if text is None:
-        return constants.PAPER_EXPERTS if law.kind == "joint" else (1,)
+        return tuple(default) if law.kind == "joint" else (1,)
     parts = [p.strip() for p in str(text).split(",")]
     if not all(p.isdigit() and int(p) >= 1 for p in parts):
         raise UserError(f"--experts must be a comma-separated list of integers ≥ 1 (e.g. 1,2,4,8), got {text!r}")
     return optimal.check_experts(law, [int(p) for p in parts])
 
 
-def plan_warnings(plan: dict, law) -> list[str]:
-    """Extrapolation warnings (fitted_range) for every E and d_model the plan shows."""
+def plan_warnings(plan: dict, ctx: LawContext) -> list[str]:
+    """Extrapolation warnings (fitted_range) for every E and d_model the plan shows, against the law's range."""
+    law, fitted = ctx.law, ctx.fitted
     rows = plan["compute_optimal"]
-    out = fitted_range.expert_warnings(law, [r["experts"] for r in rows])
-    out += fitted_range.shape_warnings(law, "compute-optimal", [(r["experts"], r["d_model"]) for r in rows])
+    out = fitted_range.expert_warnings(law, [r["experts"] for r in rows], fitted)
+    out += fitted_range.shape_warnings(law, "compute-optimal", [(r["experts"], r["d_model"]) for r in rows], fitted)
     if "memory_optimal" in plan:
         cands = plan["memory_optimal"]["per_expert"]
-        out += fitted_range.shape_warnings(law, "memory-optimal", [(c["experts"], c["d_model"]) for c in cands])
+        out += fitted_range.shape_warnings(law, "memory-optimal", [(c["experts"], c["d_model"]) for c in cands],
+                                           fitted)
     return out
 
 
@@ -66,8 +70,9 @@ def parse_nonnegative(flag: str, text) -> float:
 def build_plan(args: argparse.Namespace) -> dict:
     """All the numbers of the plan as a JSON-ready dict (the CLI's JSON contract)."""
     flops = parse_positive("--flops", args.flops)
-    law = load_law(args.coeffs)
-    experts = parse_experts(args.experts, law)
+    ctx = load_law_context(args.coeffs)
+    law, shape = ctx.law, ctx.shape
+    experts = parse_experts(args.experts, law, ctx.fitted.experts if ctx.fitted_from_file else constants.PAPER_EXPERTS)
     bytes_per_param = parse_positive("--bytes-per-param", args.bytes_per_param)
     kv_tokens = parse_nonnegative("--kv-tokens", args.kv_tokens)
     inference_tokens = parse_nonnegative("--inference-tokens", args.inference_tokens)
@@ -78,22 +83,23 @@ def build_plan(args: argparse.Namespace) -> dict:
         "coeffs": args.coeffs,
         "law": law.kind,
         "inference_tokens": inference_tokens,
-        "compute_optimal": [r.to_dict() for r in optimal.compute_optimal(law, flops, experts, inference_tokens)],
+        "shape_rule": shape.to_dict(),
+        "compute_optimal": [r.to_dict() for r in optimal.compute_optimal(law, flops, experts, inference_tokens, shape)],
     }
     if args.memory is not None:
         memory_bytes = counting.parse_memory(args.memory)
         memory_params = counting.memory_in_params(memory_bytes, bytes_per_param)
-        smallest = optimal.smallest_model_params(min(experts), kv_tokens)
+        smallest = optimal.smallest_model_params(min(experts), kv_tokens, shape)
         if memory_params < smallest:
             raise UserError(
                 f"--memory {args.memory} ({memory_params:.4g} params at {bytes_per_param:g} B/param) is too small for "
-                f"any model: the smallest (d_model 64, 1 layer, E={min(experts)}"
+                f"any model: the smallest (d_model {shape.head_dim}, 1 layer, E={min(experts)}"
                 f"{', with its KV cache' if kv_tokens else ''}) needs {smallest:.4g} params = "
                 f"{smallest * bytes_per_param / 1e6:.4g} MB"
             )
         mem = optimal.memory_optimal(
             law, flops, memory_params, experts, kv_tokens=kv_tokens, inference_tokens=inference_tokens,
-            realistic=args.realistic)
+            realistic=args.realistic, shape=shape)
         plan["memory_optimal"] = {
             **mem.to_dict(),
             "memory_bytes": memory_bytes,
@@ -102,7 +108,7 @@ def build_plan(args: argparse.Namespace) -> dict:
             "kv_tokens": kv_tokens,
             "realistic": bool(args.realistic),
         }
-    plan["warnings"] = plan_warnings(plan, law)
+    plan["warnings"] = plan_warnings(plan, ctx)
     return plan
 
 
@@ -131,7 +137,10 @@ def format_plan(plan: dict) -> str:
     """The human-readable tables and the one-line recommendation."""
     lines = [f"budget {plan['flops']:.3g} training FLOPs, {plan['law']} law '{plan['coeffs']}'"
              + (f", {plan['inference_tokens']:.3g} inference tokens" if plan["inference_tokens"] else "")]
-    lines += ["", "compute-optimal per expert count (no memory limit; d_model from the paper's shape rule):",
+    shape = ShapeRule.from_dict(plan["shape_rule"])
+    rule = "the paper's shape rule" if shape.is_paper else f"the law's shape rule ({shape.describe()})"
+    h = shape.head_dim
+    lines += ["", f"compute-optimal per expert count (no memory limit; d_model from {rule}):",
               f"{'E':>4} {'N_act':>8} {'tokens':>8} {'tok/N':>7} {'d_model':>8} {'layers':>7} {'loss':>8} {'peak LR':>9}"]
     for r in plan["compute_optimal"]:
         lines.append(f"{r['experts']:>4} {format_count(r['n_act']):>8} {format_count(r['tokens']):>8} "
@@ -140,7 +149,7 @@ def format_plan(plan: dict) -> str:
     if "memory_optimal" in plan:
         m = plan["memory_optimal"]
         kv = f", KV cache of {m['kv_tokens']:.3g} tokens" if m["kv_tokens"] else ""
-        mode = "d_model multiple of 64, integer layers" if m["realistic"] else "integer d_model, layers = d/64"
+        mode = f"d_model multiple of {h}, integer layers" if m["realistic"] else f"integer d_model, layers = d/{h}"
         lines += ["", f"memory-optimal under {m['memory_bytes'] / 1e9:.4g} GB at {m['bytes_per_param']:g} B/param "
                   f"= {format_count(m['memory_params'])} params{kv} ({mode}):",
                   f"{'E':>4} {'d_model':>8} {'layers':>7} {'N_act':>8} {'N_total':>8} {'tokens':>8} {'loss':>8} {'Δloss':>8}"]
@@ -153,20 +162,22 @@ def format_plan(plan: dict) -> str:
             lines.append(f"runner-up: E={m['runner_up']['experts']} (loss {m['runner_up']['loss']:.4f}, "
                          f"margin {m['margin']:.4f})")
     r = recommendation(plan)
-    approx = "" if float(r["n_layers"]).is_integer() else " (real-valued L = d/64 of the paper; --realistic for integers)"
+    whose = "the paper" if shape.is_paper else "the shape rule"
+    approx = "" if float(r["n_layers"]).is_integer() else f" (real-valued L = d/{h} of {whose}; --realistic for integers)"
     lines += ["", f"recommended: E={r['experts']}, d_model={r['d_model']:.0f}, {_num(r['n_layers'])} layers, "
-              f"{_num(r['n_heads'])} heads (head dim 64), {r['tokens']:.3g} tokens, predicted loss {r['loss']:.4f}, "
+              f"{_num(r['n_heads'])} heads (head dim {h}), {r['tokens']:.3g} tokens, predicted loss {r['loss']:.4f}, "
               f"peak LR {r['lr']:.2e}{approx}"]
     return "\n".join(lines)
 
 
 def write_plots(plan: dict, args: argparse.Namespace, out_dir: str) -> list[str]:
-    """Loss vs FLOPs per E and the memory-optimal E map, as PNGs in out_dir."""
+    """Loss vs FLOPs and N*, D* per E, and the memory-optimal E map, as PNGs in out_dir."""
     from pathlib import Path
 
     from moe_jax.scaling import plots
 
-    law = load_law(args.coeffs)
+    ctx = load_law_context(args.coeffs)
+    law = ctx.law
     experts = [r["experts"] for r in plan["compute_optimal"]]
     out = Path(out_dir)
     try:
@@ -177,10 +188,14 @@ def write_plots(plan: dict, args: argparse.Namespace, out_dir: str) -> list[str]
     point = None
     if "memory_optimal" in plan:
         point = (flops, plan["memory_optimal"]["memory_params"])
+    flops_range = (flops / 1e3, flops * 1e2)
+    fitted = ctx.fitted if ctx.fitted_from_file else None  # the paper's law keeps the map's paper-scale axes
     paths = [
-        plots.plot_loss_vs_flops(law, out / "loss_vs_flops.png", experts=experts,
-                                 flops_range=(flops / 1e3, flops * 1e2), mark_flops=flops),
-        plots.plot_memory_optimal_map(law, out / "memory_optimal_map.png", experts=experts, point=point),
+        plots.plot_loss_vs_flops(law, out / "loss_vs_flops.png", experts=experts, flops_range=flops_range,
+                                 mark_flops=flops),
+        plots.plot_compute_optimal(law, out / "compute_optimal.png", experts, flops_range, mark_flops=flops),
+        plots.plot_memory_optimal_map(law, out / "memory_optimal_map.png", experts=experts, point=point,
+                                      shape=ctx.shape, fitted=fitted),
     ]
     return [str(p) for p in paths]
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from moe_jax.errors import UserError
 from moe_jax.scaling import constants
-from moe_jax.scaling.fit_data import N_PARAMS, RunData, check_kind, lowest_loss_mask, paper_weights
+from moe_jax.scaling.fit_data import N_PARAMS, RunData, check_kind, lowest_loss_mask, paper_weights, shape_summary
 from moe_jax.scaling.fit_grids import start_grid
 from moe_jax.scaling.fit_model import Objective, theta_to_law
 from moe_jax.scaling.fit_search import Polished, distinct, exhaustive_search, polish, screen
@@ -90,6 +90,8 @@ class FitResult:
     derived: dict = field(default_factory=dict)
     intervals: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    fitted_range: dict | None = None  # d_model, n_act, tokens [min, max] and experts of the runs (shape_summary)
+    shape_rule: dict | None = None  # {"head_dim", "vocab"} the runs share, for `plan --coeffs`
 
     @property
     def law(self):
@@ -120,6 +122,10 @@ class FitResult:
         }
         if self.intervals is not None:
             out["intervals"] = self.intervals
+        if self.fitted_range is not None:
+            out["fitted_range"] = self.fitted_range
+        if self.shape_rule is not None:
+            out["shape_rule"] = self.shape_rule
         out["warnings"] = list(self.warnings)
         return out
 
@@ -217,6 +223,7 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
     theta = cand.x[0]
     law = theta_to_law(theta, s.kind)
     experts = np.unique(runs.experts)
+    fitted_range, shape_rule, shape_notes = shape_summary(runs)
     result = FitResult(
         kind=s.kind,
         theta=theta,
@@ -228,7 +235,9 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
         n_starts=len(starts),
         seconds=0.0,
         derived=derived_quantities(law, experts),
-        warnings=sample_size_warnings(len(train), s.kind),
+        warnings=sample_size_warnings(len(train), s.kind) + shape_notes,
+        fitted_range=fitted_range,
+        shape_rule=shape_rule,
     )
     if s.bootstrap:
         result.intervals = bootstrap(train, s, cand.x[:1], experts, say)

@@ -1,7 +1,9 @@
 """The runs a law is fitted to: loading and validating a CSV, and synthetic runs drawn from a law.
 
-A CSV has columns `n_act, tokens, loss` (+ `experts` for the joint law); other columns are ignored and
-a column `outlier` equal to 1 drops the row. Every problem is a one-line `UserError`.
+A CSV has columns `n_act, tokens, loss` (+ `experts` for the joint law); a column `outlier` equal to 1
+drops the row. Optional `d_model, n_layers` (+ `vocab`), as `moe-jax sweep collect` writes them, let the
+fit record the range and shape rule it was fitted on (`shape_summary`); other columns are ignored.
+Every problem is a one-line `UserError`.
 """
 
 from __future__ import annotations
@@ -16,25 +18,36 @@ import pandas as pd
 from moe_jax.errors import UserError
 from moe_jax.scaling import constants
 from moe_jax.scaling.counting import ModelShape
+from moe_jax.scaling.fitted_range import FittedRange
+from moe_jax.scaling.shape_rule import ShapeRule
 
 LAW_KINDS = ("chinchilla", "joint")
+SHAPE_COLUMNS = ("d_model", "n_layers")  # optional; with them the fit records its range and shape rule
 N_PARAMS = {"chinchilla": 5, "joint": 11}
 
 
 @dataclass(frozen=True)
 class RunData:
-    """Runs as float64 arrays of length n (experts is all ones for Chinchilla data)."""
+    """Runs as float64 arrays of length n (experts is all ones for Chinchilla data); the shape columns
+    d_model, n_layers and vocab (NaN where unknown) are None when the CSV has none."""
 
     n_act: np.ndarray
     tokens: np.ndarray
     loss: np.ndarray
     experts: np.ndarray
+    d_model: np.ndarray | None = None
+    n_layers: np.ndarray | None = None
+    vocab: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.loss)
 
     def subset(self, idx) -> "RunData":
-        return RunData(self.n_act[idx], self.tokens[idx], self.loss[idx], self.experts[idx])
+        def pick(a):
+            return None if a is None else a[idx]
+
+        return RunData(self.n_act[idx], self.tokens[idx], self.loss[idx], self.experts[idx],
+                       pick(self.d_model), pick(self.n_layers), pick(self.vocab))
 
     def frame(self) -> pd.DataFrame:
         """A DataFrame with n_act, tokens, loss, experts columns (what the plots take)."""
@@ -83,11 +96,14 @@ def runs_from_frame(df: pd.DataFrame, kind: str, source: str = "runs") -> RunDat
     if "outlier" in present:
         flag = pd.to_numeric(df["outlier"], errors="coerce").fillna(0)
         df = df[flag != 1]
+    shape_cols = SHAPE_COLUMNS if all(c in present for c in SHAPE_COLUMNS) else ()
     values = {}
-    for col in cols:
+    for col in cols + shape_cols + (("vocab",) if shape_cols and "vocab" in present else ()):
         raw = df[col]
         num = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
         bad = ~np.isfinite(num) | (num <= 0)
+        if col == "vocab":
+            bad &= raw.notna().to_numpy()  # an empty cell: a run whose vocabulary was not recorded
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             row = int(df.index[i]) + 2  # 1-based, after the header line
@@ -106,7 +122,32 @@ def runs_from_frame(df: pd.DataFrame, kind: str, source: str = "runs") -> RunDat
             f"{source}: a joint fit needs runs with at least two expert counts, all have experts={experts[0]:g}; "
             f"use --law chinchilla for a single E"
         )
-    return RunData(values["n_act"], values["tokens"], values["loss"], experts)
+    return RunData(values["n_act"], values["tokens"], values["loss"], experts,
+                   values.get("d_model"), values.get("n_layers"), values.get("vocab"))
+
+
+def shape_summary(runs: RunData) -> tuple[dict | None, dict | None, list[str]]:
+    """(fitted_range, shape_rule, warnings) of runs with d_model / n_layers columns, else (None, None, []).
+
+    The shape rule is recorded only when every run has n_layers = d_model / h for one integer h and one
+    known vocabulary (a `vocab` column); nothing is guessed.
+    """
+    if runs.d_model is None:
+        return None, None, []
+    fitted = FittedRange.from_runs(runs.d_model, runs.n_act, runs.tokens, runs.experts).to_dict()
+    ratio = runs.d_model / runs.n_layers
+    heads = sorted({float(h) for h in ratio})
+    if len(heads) != 1 or not heads[0].is_integer():
+        shown = ", ".join(f"{h:g}" for h in heads[:4])
+        return fitted, None, [f"the runs do not share one shape rule (d_model / n_layers = {shown}): the fit records "
+                              f"no shape_rule and `plan --coeffs` sizes models by the paper's"]
+    if runs.vocab is None:
+        return fitted, None, []
+    vocabs = {float(v) for v in runs.vocab}
+    if len(vocabs) != 1 or not all(np.isfinite(v) and v.is_integer() for v in vocabs):
+        return fitted, None, [f"the runs' vocab column is missing values or has several sizes "
+                              f"({', '.join(f'{v:g}' for v in sorted(vocabs)[:4])}): the fit records no shape_rule"]
+    return fitted, ShapeRule(int(heads[0]), int(vocabs.pop())).to_dict(), []
 
 
 def paper_grid_points(experts=constants.PAPER_EXPERTS, max_ratio: float = 100.0):

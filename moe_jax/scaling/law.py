@@ -155,8 +155,13 @@ def load_law(spec: str) -> ChinchillaLaw | JointLaw:
 
     The JSON may hold the coefficients at top level or under a "coefficients" key.
     """
+    return load_law_document(spec)[0]
+
+
+def load_law_document(spec: str) -> tuple[ChinchillaLaw | JointLaw, dict | None]:
+    """The law of `spec` (see load_law) and the whole JSON object it came from (None for a named set)."""
     if spec in NAMED_SETS:
-        return NAMED_SETS[spec]()
+        return NAMED_SETS[spec](), None
     path = Path(spec)
     if not path.exists():
         if path.suffix.lower() == ".json" or "/" in spec or "\\" in spec:
@@ -172,6 +177,5 @@ def load_law(spec: str) -> ChinchillaLaw | JointLaw:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read coefficients from {path}: {err}") from None
-    if isinstance(data, dict) and isinstance(data.get("coefficients"), dict):
-        data = data["coefficients"]
-    return law_from_dict(data, source=str(path))
+    coeffs = data["coefficients"] if isinstance(data, dict) and isinstance(data.get("coefficients"), dict) else data
+    return law_from_dict(coeffs, source=str(path)), data

@@ -16,6 +16,7 @@ from scipy.optimize import minimize_scalar
 
 from moe_jax.errors import UserError
 from moe_jax.scaling import constants, counting
+from moe_jax.scaling.shape_rule import PAPER_RULE, ShapeRule
 
 # ---------------------------------------------------------------- input checks
 
@@ -50,21 +51,12 @@ def check_experts(law, experts) -> tuple[int, ...]:
     return values
 
 
-# ---------------------------------------------------------------- shapes of the paper's rule
+# ---------------------------------------------------------------- shapes of a shape rule
 
 
-def d_model_for_params(n_params, experts=1, total: bool = False, vocab: int = constants.PAPER_VOCAB):
-    """Real-valued d_model whose paper shape (L = d/64) has n_params active (or total) parameters.
-
-    Solves c·d³/64 + 2·V·d = N with c = 13 (active) or 4 + 9E (total): one positive real root,
-    written in the cancellation-free Cardano form t − p/(3t), t = cbrt(q/2 + sqrt(q²/4 + p³/27)).
-    """
-    n = np.asarray(n_params, np.float64)
-    c = (4.0 + 9.0 * np.asarray(experts, np.float64)) if total else 13.0
-    a = c / constants.PAPER_HEAD_DIM
-    p, q = 2.0 * vocab / a, n / a  # d³ + p·d − q = 0
-    t = np.cbrt(q / 2.0 + np.sqrt(q * q / 4.0 + p**3 / 27.0))
-    return t - p / (3.0 * t)
+def d_model_for_params(n_params, experts=1, total: bool = False, shape: ShapeRule = PAPER_RULE):
+    """Real-valued d_model whose shape under `shape` (paper: L = d/64) has n_params active (or total) parameters."""
+    return shape.d_for_params(n_params, experts, total)
 
 
 # ---------------------------------------------------------------- compute-optimal
@@ -80,11 +72,12 @@ class ComputeOptimal:
     loss: float
     flops: float
     inference_tokens: float = 0.0
+    shape: ShapeRule = field(default=PAPER_RULE, repr=False)  # the rule d_model and layers are read under
 
     @property
     def d_model(self) -> float:
-        """Real-valued d_model of the paper's shape rule with this N_act."""
-        return float(d_model_for_params(self.n_act))
+        """Real-valued d_model of the shape rule with this N_act."""
+        return float(self.shape.d_for_params(self.n_act))
 
     @property
     def lr(self) -> float:
@@ -92,7 +85,8 @@ class ComputeOptimal:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(d_model=self.d_model, n_layers=self.d_model / constants.PAPER_HEAD_DIM, lr=self.lr)
+        del d["shape"]
+        d.update(d_model=self.d_model, n_layers=float(self.shape.layers(self.d_model)), lr=self.lr)
         return d
 
 
@@ -115,7 +109,8 @@ def _exponent_sum_and_g(c) -> tuple[float, float]:
     return s, (c.alpha * c.A / (c.beta * c.B)) ** (1.0 / s)
 
 
-def compute_optimal_numeric(law, flops: float, experts: int = 1, inference_tokens: float = 0.0) -> ComputeOptimal:
+def compute_optimal_numeric(law, flops: float, experts: int = 1, inference_tokens: float = 0.0,
+                            shape: ShapeRule = PAPER_RULE) -> ComputeOptimal:
     """Minimise L(N, D(N)) over log N with D(N) = (F − 2·N·D_inf)/(6·N): bounded 1-D search.
 
     The loss is convex in log N (sum of two exponentials of log N), so the bounded search is exact
@@ -137,35 +132,45 @@ def compute_optimal_numeric(law, flops: float, experts: int = 1, inference_token
     hi = math.log(n_hi) - 1e-9
     res = minimize_scalar(objective, bounds=(math.log(1.0), hi), method="bounded", options={"xatol": 1e-9})
     n = math.exp(float(res.x))
-    return ComputeOptimal(int(experts), n, tokens(n), float(res.fun), flops, d_inf)
+    return ComputeOptimal(int(experts), n, tokens(n), float(res.fun), flops, d_inf, shape)
 
 
-def compute_optimal(law, flops: float, experts=constants.PAPER_EXPERTS, inference_tokens: float = 0.0):
+def compute_optimal(law, flops: float, experts=constants.PAPER_EXPERTS, inference_tokens: float = 0.0,
+                    shape: ShapeRule = PAPER_RULE):
     """Compute-optimal point per expert count: closed form, or numeric when inference tokens are given."""
     flops = _positive("flops", flops)
     d_inf = _positive("inference tokens", inference_tokens, allow_zero=True)
     experts = check_experts(law, experts)
     if d_inf > 0:
-        n_min = float(counting.paper_n_act(constants.PAPER_HEAD_DIM, 1))
+        n_min = smallest_n_act(shape)
         if flops <= 2.0 * n_min * d_inf * (1 + 1e-9):
             raise UserError(
                 f"{d_inf:g} inference tokens spend the whole budget of {flops:g} FLOPs even on the smallest "
                 f"model ({n_min:.3g} active params, {2 * n_min * d_inf:.3g} FLOPs); lower --inference-tokens"
             )
-        rows = [compute_optimal_numeric(law, flops, e, d_inf) for e in experts]
-        _check_buildable(law, flops, rows)
+        rows = [compute_optimal_numeric(law, flops, e, d_inf, shape) for e in experts]
+        _check_buildable(law, flops, rows, shape)
         return rows
     out = []
     for e in experts:
         n, d, loss = compute_optimal_closed_form(law, flops, e)
-        out.append(ComputeOptimal(e, float(n), float(d), float(loss), flops))
-    _check_buildable(law, flops, out)
+        out.append(ComputeOptimal(e, float(n), float(d), float(loss), flops, shape=shape))
+    _check_buildable(law, flops, out, shape)
     return out
 
 
-def _check_buildable(law, flops: float, rows: list[ComputeOptimal]) -> None:
-    """UserError when a compute-optimal model is smaller than the smallest paper shape (d_model 64, 1 layer)."""
-    n_min = float(counting.paper_n_act(constants.PAPER_HEAD_DIM, 1))
+def smallest_n_act(shape: ShapeRule = PAPER_RULE) -> float:
+    """N_act of the smallest model of a shape rule: d_model = head_dim, one layer."""
+    return float(counting.paper_n_act(shape.head_dim, 1, shape.vocab))
+
+
+def _rule_name(shape: ShapeRule) -> str:
+    return "paper-shape" if shape.is_paper else "shape-rule"
+
+
+def _check_buildable(law, flops: float, rows: list[ComputeOptimal], shape: ShapeRule = PAPER_RULE) -> None:
+    """UserError when a compute-optimal model is smaller than the rule's smallest (d_model = head_dim, 1 layer)."""
+    n_min = smallest_n_act(shape)
     small = [r for r in rows if r.n_act < n_min]
     if not small:
         return
@@ -175,8 +180,8 @@ def _check_buildable(law, flops: float, rows: list[ComputeOptimal]) -> None:
     extra = " without inference tokens" if worst.inference_tokens else ""
     raise UserError(
         f"a budget of {flops:g} FLOPs is too small: its compute-optimal E={worst.experts} model has N_act "
-        f"{worst.n_act:.3g} (d_model {worst.d_model:.0f}), below the smallest paper-shape model (d_model 64, "
-        f"1 layer, N_act {n_min:.3g}); use --flops ≥ {need:.2g}{extra}"
+        f"{worst.n_act:.3g} (d_model {worst.d_model:.0f}), below the smallest {_rule_name(shape)} model "
+        f"(d_model {shape.head_dim}, 1 layer, N_act {n_min:.3g}); use --flops ≥ {need:.2g}{extra}"
     )
 
 
@@ -202,7 +207,7 @@ class MemoryCandidate:
 
     experts: int
     d_model: int
-    n_layers: float  # d/64: real-valued in the paper's procedure, an integer in realistic mode
+    n_layers: float  # d/head_dim: real-valued in the paper's procedure, an integer in realistic mode
     n_heads: float
     n_act: float
     n_total: float
@@ -236,39 +241,40 @@ class MemoryOptimal:
         return out
 
 
-def smallest_model_params(experts=1, kv_tokens: float = 0.0, vocab: int = constants.PAPER_VOCAB) -> float:
-    """N_total + KV of the smallest model the sweep considers (d = 64, one layer)."""
-    d = constants.PAPER_HEAD_DIM
-    return float(counting.paper_n_total(d, 1, experts, vocab) + kv_tokens * counting.paper_kv_params_per_token(d, 1))
+def smallest_model_params(experts=1, kv_tokens: float = 0.0, shape: ShapeRule = PAPER_RULE) -> float:
+    """N_total + KV of the smallest model the sweep considers (d = head_dim, one layer)."""
+    d = shape.head_dim
+    return float(counting.paper_n_total(d, 1, experts, shape.vocab)
+                 + kv_tokens * counting.paper_kv_params_per_token(d, 1))
 
 
 MAX_SWEEP_D_MODEL = 2**17  # dense N_total ≈ 4.6e14: far past any real memory, and a sweep of 131k widths per E
 
 
-def _sweep(law, flops, memory_params, experts, kv_tokens, inference_tokens, realistic, vocab):
+def _sweep(law, flops, memory_params, experts, kv_tokens, inference_tokens, realistic, shape: ShapeRule):
     """Loss over the (E, d) grid; infeasible cells are +inf.
 
     Shapes: d [Nd], n_act [Nd], n_total/kv/tokens/loss [E, Nd] (flops scalar) or loss [F, E, Nd].
     """
-    step = constants.PAPER_HEAD_DIM if realistic else 1
-    lo = constants.PAPER_HEAD_DIM
+    step = shape.head_dim if realistic else 1
+    lo = shape.head_dim
     # Upper end: the largest d whose dense model fits the memory and still gets ≥ 1 training token.
     f_max = float(np.max(flops))
-    hi_mem = float(d_model_for_params(memory_params, 1, total=True, vocab=vocab))
-    hi_flops = float(d_model_for_params(f_max / 6.0, vocab=vocab))
+    hi_mem = float(shape.d_for_params(memory_params, 1, total=True))
+    hi_flops = float(shape.d_for_params(f_max / 6.0))
     hi = int(max(lo, min(hi_mem, hi_flops))) + 1
     if hi > MAX_SWEEP_D_MODEL:
-        top = float(counting.paper_n_total(MAX_SWEEP_D_MODEL, MAX_SWEEP_D_MODEL / constants.PAPER_HEAD_DIM, 1, vocab))
+        top = float(shape.n_total(MAX_SWEEP_D_MODEL, 1))
         raise UserError(
             f"memory of {memory_params:.3g} parameters and a budget of {f_max:.3g} FLOPs admit models up to d_model "
             f"{hi:,}, beyond the sweep's limit of d_model {MAX_SWEEP_D_MODEL:,}; lower --memory to at most "
             f"{top:.3g} parameters ({2 * top / 1e12:.3g} TB at 2 B/param) or lower --flops"
         )
     d = np.arange(lo, hi + 1, step, dtype=np.float64)  # [Nd]
-    layers = d / constants.PAPER_HEAD_DIM  # [Nd]
+    layers = shape.layers(d)  # [Nd]
     e = np.asarray(experts, np.float64)[:, None]  # [E, 1]
-    n_act = counting.paper_n_act(d, layers, vocab)  # [Nd]
-    n_total = counting.paper_n_total(d, layers, e, vocab)  # [E, Nd]
+    n_act = counting.paper_n_act(d, layers, shape.vocab)  # [Nd]
+    n_total = counting.paper_n_total(d, layers, e, shape.vocab)  # [E, Nd]
     kv = kv_tokens * counting.paper_kv_params_per_token(d, layers)  # [Nd]
     fits = n_total + kv <= memory_params  # [E, Nd]
     f = np.asarray(flops, np.float64)[..., None, None]  # [..., 1, 1]
@@ -287,12 +293,12 @@ def memory_optimal(
     kv_tokens: float = 0.0,
     inference_tokens: float = 0.0,
     realistic: bool = False,
-    vocab: int = constants.PAPER_VOCAB,
+    shape: ShapeRule = PAPER_RULE,
 ) -> MemoryOptimal:
-    """The paper's memory-constrained optimum (SPEC §4).
+    """The paper's memory-constrained optimum (SPEC §4), under a shape rule (paper: head dim h = 64).
 
-    For each E sweep integer d_model ≥ 64 with L = d/64 (real-valued; `realistic`: d a multiple of 64,
-    so L and the head count are integers with head dim 64), keep N_total + K·2·L·d ≤ M, train on
+    For each E sweep integer d_model ≥ h with L = d/h (real-valued; `realistic`: d a multiple of h,
+    so L and the head count are integers with head dim h), keep N_total + K·2·L·d ≤ M, train on
     D = (F − 2·N_act·D_inf)/(6·N_act) tokens, and take the argmin of the loss over all (E, d).
     """
     flops = _positive("flops", flops)
@@ -300,15 +306,15 @@ def memory_optimal(
     kv_tokens = _positive("KV-cache tokens", kv_tokens, allow_zero=True)
     inference_tokens = _positive("inference tokens", inference_tokens, allow_zero=True)
     experts = check_experts(law, experts)
-    smallest = smallest_model_params(min(experts), kv_tokens, vocab)
+    smallest = smallest_model_params(min(experts), kv_tokens, shape)
     if memory_params < smallest:
         raise UserError(
             f"memory of {memory_params:.4g} parameters is too small for any model: the smallest "
-            f"(d_model 64, 1 layer, E={min(experts)}{', with its KV cache' if kv_tokens else ''}) "
+            f"(d_model {shape.head_dim}, 1 layer, E={min(experts)}{', with its KV cache' if kv_tokens else ''}) "
             f"needs {smallest:.4g} parameters"
         )
     d, layers, n_act, n_total, kv, tokens, loss = _sweep(
-        law, flops, memory_params, experts, kv_tokens, inference_tokens, realistic, vocab)
+        law, flops, memory_params, experts, kv_tokens, inference_tokens, realistic, shape)
     if not np.isfinite(loss).any():
         if inference_tokens > 0:
             raise UserError(
@@ -347,16 +353,16 @@ def memory_optimal_grid(
     kv_tokens: float = 0.0,
     inference_tokens: float = 0.0,
     realistic: bool = False,
-    vocab: int = constants.PAPER_VOCAB,
+    shape: ShapeRule = PAPER_RULE,
 ):
     """Memory-optimal E over a grid: array [len(memory_values), len(flops_values)], 0 where nothing fits."""
     experts = check_experts(law, experts)
     flops_values = np.asarray(flops_values, np.float64)  # [F]
     out = np.zeros((len(memory_values), len(flops_values)), dtype=np.int64)
     for r, m in enumerate(memory_values):
-        if m < smallest_model_params(min(experts), kv_tokens, vocab):
+        if m < smallest_model_params(min(experts), kv_tokens, shape):
             continue
-        *_, loss = _sweep(law, flops_values, float(m), experts, kv_tokens, inference_tokens, realistic, vocab)
+        *_, loss = _sweep(law, flops_values, float(m), experts, kv_tokens, inference_tokens, realistic, shape)
         best = loss.reshape(len(flops_values), -1)  # [F, E·Nd]
         idx = np.argmin(best, axis=1)  # [F]
         feasible = np.isfinite(best[np.arange(len(flops_values)), idx])
@@ -367,17 +373,17 @@ def memory_optimal_grid(
 # ---------------------------------------------------------------- E× tokens at equal total parameters
 
 
-def equal_total_params_comparison(law, flops: float, experts: int, vocab: int = constants.PAPER_VOCAB) -> dict:
+def equal_total_params_comparison(law, flops: float, experts: int, shape: ShapeRule = PAPER_RULE) -> dict:
     """SPEC §4 rule of thumb: the compute-optimal dense model (N*, D*) against an E-expert MoE with the
-    same total parameters (paper shape rule, real-valued d) trained on E·D* tokens.
+    same total parameters (the shape rule, real-valued d) trained on E·D* tokens.
 
     Returns both configurations with their losses and FLOPs; "moe_wins" is loss_moe < loss_dense.
     """
     flops = _positive("flops", flops)
     check_experts(law, (1, experts) if experts != 1 else (1,))
     n_dense, d_dense, l_dense = (float(x) for x in compute_optimal_closed_form(law, flops, 1))
-    d_moe = float(d_model_for_params(n_dense, experts, total=True, vocab=vocab))
-    n_act_moe = float(counting.paper_n_act(d_moe, d_moe / constants.PAPER_HEAD_DIM, vocab))
+    d_moe = float(shape.d_for_params(n_dense, experts, total=True))
+    n_act_moe = float(shape.n_act(d_moe))
     tokens_moe = experts * d_dense
     l_moe = float(law.loss(n_act_moe, tokens_moe, experts))
     return {

@@ -1,5 +1,5 @@
 """PNG plots of a law (matplotlib Agg, no pyplot state): loss vs FLOPs per E with data, fit residuals,
-and the memory-optimal E over a (FLOPs × memory) grid.
+compute-optimal N*(F) and D*(F) per E, and the memory-optimal E over a (FLOPs × memory) grid.
 
 `runs` is a pandas DataFrame with columns n_act, tokens, loss and optionally experts (missing → E = 1);
 `heldout_mask` is a boolean array over its rows marking held-out runs.
@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from moe_jax.errors import UserError
 from moe_jax.scaling import constants, optimal
+from moe_jax.scaling.shape_rule import PAPER_RULE, ShapeRule
 
 _RUN_COLUMNS = ("n_act", "tokens", "loss")
 
@@ -100,6 +101,55 @@ def plot_loss_vs_flops(
     return save_figure(fig, path)
 
 
+def plot_compute_optimal(law, path, experts=constants.PAPER_EXPERTS, flops_range=None, runs=None,
+                         mark_flops=None) -> Path:
+    """Two log-log panels: compute-optimal N*(F) and D*(F) per E (closed form), with optional runs as points.
+
+    `runs`: a DataFrame with n_act, tokens and optionally experts (missing → E = 1) and flops (missing → 6·N·D).
+    """
+    if law.kind == "chinchilla":
+        experts = (1,)
+    experts = optimal.check_experts(law, experts)
+    points = None
+    if runs is not None:
+        missing = [c for c in ("n_act", "tokens") if c not in runs.columns]
+        if missing:
+            raise UserError(f"runs table is missing column(s) {', '.join(missing)}; "
+                            f"needs n_act, tokens[, experts, flops]")
+        n, d = runs["n_act"].to_numpy(np.float64), runs["tokens"].to_numpy(np.float64)
+        e = runs["experts"].to_numpy(np.float64) if "experts" in runs.columns else np.ones_like(n)
+        f = runs["flops"].to_numpy(np.float64) if "flops" in runs.columns else 6.0 * n * d
+        points = (n, d, e, f)
+        if flops_range is None and len(f):
+            flops_range = (f.min() / 2.0, f.max() * 10.0)
+    grid = np.geomspace(*(flops_range or (1e18, 1e25)), 200)  # [G]
+    colours = dict(zip(experts, _colours(len(experts))))
+    fig = Figure(figsize=(11.0, 4.5))
+    axes = fig.subplots(1, 2)
+    for k in experts:
+        n_star, d_star, _ = optimal.compute_optimal_closed_form(law, grid, k)  # [G] each
+        for ax, values in zip(axes, (n_star, d_star)):
+            ax.plot(grid, values, color=colours[k], lw=1.8, label=f"E={k}")
+    if points is not None:
+        n, d, e, f = points
+        for k in sorted(set(e.tolist())):
+            sel = e == k
+            for ax, values in zip(axes, (n, d)):
+                ax.scatter(f[sel], values[sel], s=14, color=colours.get(int(k), "grey"), alpha=0.8,
+                           label=None if int(k) in colours else f"E={k:g} runs")
+    for ax, name in zip(axes, ("N* (active parameters)", "D* (training tokens)")):
+        if mark_flops is not None:
+            ax.axvline(mark_flops, color="grey", ls=":", lw=1.0, label=f"budget {mark_flops:.2g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training FLOPs (6·N_act·D)")
+        ax.set_ylabel(name)
+        ax.set_title(f"compute-optimal {name.split()[0]} per E")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def log_residuals(law, runs):
     """log L̂ − log L per run [R] (experts column optional, E = 1 when missing)."""
     n, d, loss, e, _ = _run_arrays(runs, None)
@@ -143,18 +193,24 @@ def plot_memory_optimal_map(
     law,
     path,
     experts=constants.PAPER_EXPERTS,
-    flops_range=(1e19, 1e26),
-    memory_range=(1e9, 1e12),
+    flops_range=None,
+    memory_range=None,
     resolution: int = 29,
     kv_tokens: float = 0.0,
     inference_tokens: float = 0.0,
     point=None,
+    shape: ShapeRule = PAPER_RULE,
+    fitted=None,
 ) -> Path:
-    """Heatmap of the memory-optimal E over FLOPs (x) × memory in parameters (y); point=(F, M) is marked."""
+    """Heatmap of the memory-optimal E over FLOPs (x) × memory in parameters (y) under a shape rule;
+    point=(F, M) is marked. Axes: the given ranges, else `map_ranges` (around a FittedRange `fitted`, or
+    the paper's scale 1e19..1e26 FLOPs × 1e9..1e12 parameters), widened to show the point."""
     experts = optimal.check_experts(law, experts)
-    flops = np.geomspace(*flops_range, resolution)  # [F]
-    memory = np.geomspace(*memory_range, resolution)  # [M]
-    best = optimal.memory_optimal_grid(law, flops, memory, experts, kv_tokens, inference_tokens)  # [M, F]
+    auto_flops, auto_memory = map_ranges(experts, shape, fitted, point, kv_tokens)
+    flops = np.geomspace(*(flops_range or auto_flops), resolution)  # [F]
+    memory = np.geomspace(*(memory_range or auto_memory), resolution)  # [M]
+    best = optimal.memory_optimal_grid(law, flops, memory, experts, kv_tokens, inference_tokens,
+                                       shape=shape)  # [M, F]
     levels = sorted(experts)
     index = np.full(best.shape, np.nan)
     for i, k in enumerate(levels):
@@ -178,5 +234,25 @@ def plot_memory_optimal_map(
     ax.set_ylabel("memory for weights + KV (parameters; bytes = params × bytes/param)")
     extra = (f", KV {kv_tokens:.2g} tokens" if kv_tokens else "") + (
         f", {inference_tokens:.2g} inference tokens" if inference_tokens else "")
-    ax.set_title(f"memory-optimal E (paper procedure){extra}")
+    rule = "" if shape.is_paper else f", {shape.describe()}"
+    ax.set_title(f"memory-optimal E (paper procedure{rule}){extra}")
     return save_figure(fig, path)
+
+
+def map_ranges(experts, shape: ShapeRule = PAPER_RULE, fitted=None, point=None, kv_tokens: float = 0.0):
+    """Default (FLOPs, memory-in-parameters) axes of the memory-optimal map.
+
+    With a fitted range: FLOPs 6·N_min·D_min/10 .. 6·N_max·D_max·100, memory from the smallest model of the
+    rule to 100× the largest fitted shape's N_total at the largest E; else the paper's scale. A point
+    (F, M) outside is brought inside with a factor 3 of margin.
+    """
+    flops, memory = (1e19, 1e26), (1e9, 1e12)
+    if fitted is not None:
+        (n_lo, n_hi), (t_lo, t_hi) = fitted.n_act, fitted.tokens
+        flops = (6.0 * n_lo * t_lo / 10.0, 6.0 * n_hi * t_hi * 100.0)
+        memory = (optimal.smallest_model_params(min(experts), kv_tokens, shape),
+                  100.0 * float(shape.n_total(fitted.d_model[1], max(experts))))
+    if point is not None:
+        flops = (min(flops[0], point[0] / 3.0), max(flops[1], point[0] * 3.0))
+        memory = (min(memory[0], point[1] / 3.0), max(memory[1], point[1] * 3.0))
+    return flops, memory

@@ -2,7 +2,7 @@
 
     result = read_result(record)       # None until WORKDIR/summary.json is complete (files=CloudFiles() for gs://)
     rows = collect_rows(registry)      # one row per done branch/control run
-    write_csv(rows, "runs.csv")        # n_act, n_total, tokens, experts, loss, flops, d_model, n_layers, kind, run
+    write_csv(rows, "runs.csv")        # n_act, n_total, tokens, experts, loss, flops, d_model, n_layers, kind, run, vocab
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 from moe_jax.errors import UserError
 from moe_jax.sweep.files import LOCAL, join
 
-CSV_COLUMNS = ("n_act", "n_total", "tokens", "experts", "loss", "flops", "d_model", "n_layers", "kind", "run")
+# vocab last: columns added later go at the end so that readers of the older layout keep working.
+CSV_COLUMNS = ("n_act", "n_total", "tokens", "experts", "loss", "flops", "d_model", "n_layers", "kind", "run", "vocab")
+RESULT_COLUMNS = tuple(c for c in CSV_COLUMNS if c not in ("kind", "run"))
 FIT_KINDS = ("branch", "control")  # trunks end at constant LR: not a point of the law
 
 
@@ -55,7 +57,7 @@ def read_result(record, files=LOCAL) -> dict | None:
     return {
         "n_act": summary["n_act"], "n_total": summary["n_total"], "experts": summary["experts"],
         "tokens": summary["tokens"], "flops": summary["flops"], "loss": summary["final_eval_loss"],
-        "d_model": model["d_model"], "n_layers": model["n_layers"],
+        "d_model": model["d_model"], "n_layers": model["n_layers"], "vocab": model.get("vocab_size"),
         "own_tokens": summary["tokens"] - spec.start_tokens,  # tokens this run trained itself
         "own_wall_time_s": summary["wall_time_s"] - _start_wall_time(spec, files),  # incl. start-up, compile, eval
         "own_step_time_s": train_seconds(record.workdir, spec.start_tokens, files),  # training steps only
@@ -68,7 +70,8 @@ def collect_rows(registry, kinds=FIT_KINDS) -> list[dict]:
     for record in registry.runs("done"):
         if record.spec.kind in kinds:
             r = record.result
-            rows.append({**{k: r[k] for k in CSV_COLUMNS[:-2]}, "kind": record.spec.kind, "run": record.id})
+            # .get: results recorded before a column existed leave its cell empty (vocab unknown).
+            rows.append({**{k: r.get(k) for k in RESULT_COLUMNS}, "kind": record.spec.kind, "run": record.id})
     return rows
 
 
