@@ -70,6 +70,8 @@ def test_joint_fit_human_output_with_bootstrap_and_plan_round_trip(capsys, tmp_p
     assert "2.5%" in out and "ln_emax" in out
     saved = json.loads((tmp_path / "o" / "fit.json").read_text())
     assert set(saved["intervals"]["coefficients"]) == set(law.to_dict())
+    assert len(saved["intervals"]["samples"]) == 2 and saved["intervals"]["sample_keys"] == list(law.to_dict())
+    assert (tmp_path / "o" / "fit_per_expert.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved["rmse_heldout"] < 0.02
     fitted = load_law(str(tmp_path / "o" / "fit.json"))
     assert isinstance(fitted, JointLaw)

@@ -201,7 +201,7 @@ def memory_optimal_moe(ev: Evidence) -> Verdict:
             cells.append(f"E={opt.best.experts} ({-margin:+.4f})" if opt.best.experts > 1 else "E=1")
         rows.append(f"| {format_count(m)} | " + " | ".join(cells) + " |")
     rows.append("")
-    rows.append("Cells: the loss-optimal E under the law, and the best dense model's loss minus it in brackets "
+    rows.append("Cells: the loss-optimal E under the law and, in brackets, its loss minus the best dense model's "
                 "(negative = MoE better).")
     pairs = _dominating_pairs(ev.runs)
     won = int((pairs["margin"] > 0).sum())

@@ -50,8 +50,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         print(format_result(result, len(runs)))
         if out_dir is not None:
+            per_e = ", fit_per_expert.png" if result.kind == "joint" else ""
             print(f"wrote {out_dir / 'fit.json'} (use with --coeffs), loss_vs_flops.png, residuals.png, "
-                  f"compute_optimal.png")
+                  f"compute_optimal.png{per_e}")
     return 0
 
 
@@ -77,6 +78,8 @@ def _plots(result, runs, out_dir: Path, progress) -> None:
                              heldout_mask=result.heldout_mask)
     plots.plot_residuals(result.law, frame, out_dir / "residuals.png", heldout_mask=result.heldout_mask)
     plots.plot_compute_optimal(result.law, out_dir / "compute_optimal.png", experts, runs=frame)
+    if result.kind == "joint":
+        plots.plot_fit_per_expert(result.law, frame, out_dir / "fit_per_expert.png", heldout_mask=result.heldout_mask)
 
 
 def format_result(result, n_runs: int) -> str:

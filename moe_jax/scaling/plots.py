@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from moe_jax.errors import UserError
 from moe_jax.scaling import constants, optimal
+from moe_jax.scaling.counting import format_count
 from moe_jax.scaling.shape_rule import PAPER_RULE, ShapeRule
 
 _RUN_COLUMNS = ("n_act", "tokens", "loss")
@@ -147,6 +148,43 @@ def plot_compute_optimal(law, path, experts=constants.PAPER_EXPERTS, flops_range
         ax.set_title(f"compute-optimal {name.split()[0]} per E")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_fit_per_expert(law, runs, path, heldout_mask=None) -> Path:
+    """One panel per expert count: each model size's fitted curve L(N, D) against training FLOPs 6·N·D,
+    its runs as points (held-out hollow), and the law's compute-optimal frontier L*(F) dashed."""
+    n, d, loss, e, mask = _run_arrays(runs, heldout_mask)
+    experts = sorted({int(k) for k in e})
+    sizes = sorted(set(n.tolist()))
+    colours = dict(zip(sizes, _colours(len(sizes))))
+    cols = min(len(experts), 2)
+    rows = -(-len(experts) // cols)
+    fig = Figure(figsize=(5.2 * cols, 3.9 * rows))
+    flops = 6.0 * n * d
+    span = np.geomspace(flops.min() / 2.0, flops.max() * 2.0, 100)  # [G]
+    for i, k in enumerate(experts):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for size in sizes:
+            sel = (e == k) & (n == size)
+            if not sel.any():
+                continue
+            tokens = np.geomspace(d[sel].min() / 1.5, d[sel].max() * 1.5, 60)  # [60]
+            ax.plot(6.0 * size * tokens, law.loss(size, tokens, k), color=colours[size], lw=1.4,
+                    label=f"N_act {format_count(size)}")
+            ax.scatter(flops[sel & ~mask], loss[sel & ~mask], s=16, color=colours[size], zorder=3)
+            ax.scatter(flops[sel & mask], loss[sel & mask], s=40, facecolors="none", edgecolors=colours[size],
+                       linewidths=1.4, zorder=3)
+        *_, frontier = optimal.compute_optimal_closed_form(law, span, k)
+        ax.plot(span, frontier, "k--", lw=1.0, label="compute-optimal L*(F)")
+        ax.set_xscale("log")
+        ax.set_title(f"E = {k}", fontsize=10)
+        ax.set_xlabel("training FLOPs (6·N_act·D)")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("fitted joint law (lines) and runs (points; hollow = held out)", fontsize=11)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
