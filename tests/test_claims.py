@@ -40,7 +40,9 @@ def _evidence(coeffs: dict, gaps=(0.001, -0.002), rmse=0.006) -> Evidence:
     pairs = [{"shape": "d768", "experts": 8, "tokens": t, "branch_loss": 3.0 + g, "control_loss": 3.0, "gap": g}
              for t, g in zip((4e9, 8e9), gaps)]
     reuse = {"pairs": pairs, "measured_token_ratio": 0.627, "analytic_token_ratio": 0.627,
-             "measured_wall_ratio": 0.65}
+             "measured_wall_ratio": 0.65, "measured_step_ratio": 0.63, "measured_tokens": 627,
+             "independent_tokens": 1000, "wall_s": 65.0, "independent_wall_s": 100.0, "step_s": 63.0,
+             "independent_step_s": 100.0}
     return Evidence(_runs(coeffs), fit, reuse)
 
 
