@@ -50,9 +50,11 @@ def test_the_papers_law_makes_every_claim_hold():
     verdicts = {v.key: v for v in evaluate(_evidence(PAPER))}
     assert [v.holds for v in verdicts.values()] == [True, True, True, True]
     n_star = verdicts["fewer_params_more_tokens"].numbers["n_star"]
-    assert n_star[1] > n_star[2] > n_star[4] > n_star[8]  # SPEC §4 table: N* falls with E
+    assert all(a[j] > b[j] for a, b in zip(n_star, n_star[1:]) for j in range(3))  # SPEC §4 table: N* falls with E
+    assert verdicts["fewer_params_more_tokens"].numbers["share"] == 1.0
     assert verdicts["memory_optimal_moe"].numbers["pairs_moe_wins"] > 0
     assert min(verdicts["e_times_tokens"].numbers["law_margins"]) > 0
+    assert not any("|" in v.summary for v in verdicts.values())  # each summary is one markdown table cell
 
 
 def test_a_law_where_experts_hurt_fails_the_moe_claims():
@@ -116,3 +118,12 @@ def test_update_without_markers_is_refused(tmp_path, capsys):
     assert main(["claims", "--dir", str(tmp_path), "--update", str(doc)]) == 2
     assert "needs the markers" in capsys.readouterr().err and doc.read_text() == "no markers\n"
     assert np.isfinite(ev.runs["loss"]).all()
+
+
+def test_term_ratios_say_what_experts_do_to_each_term_at_a_scale():
+    from moe_jax.scaling.claims import PAPER_TYPICAL, expert_term_ratios
+
+    assert all(x < 0 for x in expert_term_ratios(JointLaw(**PAPER), *PAPER_TYPICAL, 8))  # both terms shrink
+    assert expert_term_ratios(JointLaw(**EXPERTS_HURT), *PAPER_TYPICAL, 8)[0] > 0  # δ < 0: A(E) grows with E
+    assert expert_term_ratios(JointLaw(**dict(PAPER, omega=-1.0)), *PAPER_TYPICAL, 8)[1] > 0  # B(E) grows faster
+    assert expert_term_ratios(JointLaw(**PAPER), 1e8, 1e10, 1) == (0.0, 0.0)

@@ -161,12 +161,17 @@ def plot_pairs(report: dict, path) -> Path:
         ax = fig.add_subplot(1, len(pairs), i + 1)
         spec = p["branch"].spec
         trunk_dir = spec.overrides["train.init_from"].rpartition("@")[0]
+        late = []  # losses after the first 20 % of tokens: the y-range worth seeing (not the first steps' ~ln V)
         for (x, y), style, label in (
             (_curve(trunk_dir, up_to=spec.start_tokens), "-", "trunk (constant LR)"),
             (_curve(spec.workdir, start=spec.start_tokens), "-", "branch (cooldown)"),
             (_curve(p["control"].spec.workdir), "--", "control (independent)"),
         ):
             ax.plot(x, y, style, lw=1.2, label=label)
+            late += y[x >= 0.2 * p["tokens"]].tolist()
+        if late:
+            ends = [p["branch_loss"], p["control_loss"]]
+            ax.set_ylim(min(late + ends) - 0.05, max(late + ends) + 0.05)
         ax.plot([p["tokens"]], [p["branch_loss"]], "o", color="tab:orange", mec="black", label="branch held-out")
         ax.plot([p["tokens"]], [p["control_loss"]], "s", color="tab:green", mec="black", mfc="none",
                 label="control held-out")
