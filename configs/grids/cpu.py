@@ -9,11 +9,10 @@ N_act incl. embeddings: d16 11.7 K, d32 43.5 K, d48 115 K, d64 247 K (21× span)
 d32 E=8 at 4 M and 8 M tokens, with other seeds: train.seed and data.seed + 1). Tokens: 154 M with reuse
 instead of 246 M independent (0.627×).
 
-Time on a 2-core CPU, from step throughput measured on this (shared) machine with these settings
-(tokens/s for E=1 / E=8: d16 261 K / 209 K, d32 46 K / 35 K, d48 24 K / 31 K, d64 21 K / 16 K; 400 k-token
-runs, `bench/reuse.py` shows the same per-token cost in sweeps): ~77 min of training steps for the 16
-groups + ~6 min for the 2 controls + ~11 min of per-run start-up (82 runs × ~8 s) ≈ 95 min with
-`--parallel 1`. Interrupted sweeps resume: re-run `moe-jax sweep run --dir DIR`.
+Time on a 2-core CPU, measured end to end on a mostly idle machine (2026-11-30): 86 min with
+`--parallel 1`, of which 69 min inside the 80 trunks and branches, 3 min in the controls and ~10 s of
+process start-up per run. The results are committed in docs/reproduction/ (`docs/reproduction.md`).
+Interrupted sweeps resume: re-run `moe-jax sweep run --dir DIR`.
 
     moe-jax sweep plan --grid cpu --dir sweeps/cpu && moe-jax sweep run --dir sweeps/cpu
 """
