@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from moe_jax.scaling.shape_rule import PAPER_RULE, ShapeRule
 PAPER_RMSE = {"train": 0.0062, "heldout": 0.0039}  # SPEC §2, log L, 260 train / 10 held-out runs
 SIGNED_KEYS = ("delta", "gamma", "omega", "zeta")  # the expert-dependence coefficients whose signs carry the claims
 PAPER_TYPICAL = (math.sqrt(78.7e6 * 2715.9e6), math.sqrt(0.5e9 * 80e9))  # geometric-mean N_act, D of SPEC §5's grid
-EQUAL_TOTAL_TOLERANCE = 0.25  # runs "at equal total parameters" when their N_total differ by at most this share
+EQUAL_TOTAL_TOLERANCE = 0.25
+JUDGED_BUDGETS = 121  # log-spaced budgets over the runs' FLOPs range on which the law is judged  # runs "at equal total parameters" when their N_total differ by at most this share
 
 
 @dataclass
@@ -38,38 +40,41 @@ class Evidence:
     fit: dict
     reuse: dict | None = None
 
-    @property
+    @cached_property
     def law(self):
         return law_from_dict(self.fit["coefficients"], source="fit.json")
 
-    @property
+    @cached_property
     def rule(self) -> ShapeRule:
         data = self.fit.get("shape_rule")
         return PAPER_RULE if data is None else ShapeRule.from_dict(data, source="fit.json")
 
-    @property
+    @cached_property
     def experts(self) -> list[int]:
         return sorted({int(e) for e in self.runs["experts"]})
 
-    def trusted_flops(self, points: int = 121) -> tuple[np.ndarray, np.ndarray]:
+    @cached_property
+    def trusted_flops(self) -> tuple[np.ndarray, np.ndarray]:
         """Budgets F [G] over the runs' FLOPs range and a mask [G]: where the compute-optimal (N*, D*) of every
         E lies inside the runs' N_act and token ranges, i.e. where the law interpolates."""
         f = self.runs["flops"].to_numpy(np.float64)
-        grid = np.geomspace(f.min(), f.max(), points)
+        grid = np.geomspace(f.min(), f.max(), JUDGED_BUDGETS)
         n, d = self.runs["n_act"].to_numpy(np.float64), self.runs["tokens"].to_numpy(np.float64)
-        inside = np.ones(points, bool)
+        inside = np.ones(JUDGED_BUDGETS, bool)
         for e in self.experts:
             n_star, d_star, _ = optimal.compute_optimal_closed_form(self.law, grid, e)
             inside &= (n_star >= n.min()) & (n_star <= n.max()) & (d_star >= d.min()) & (d_star <= d.max())
         return grid, inside
 
+    @cached_property
     def flops_points(self) -> tuple[float, float, float]:
         """Where the law is judged: the smallest, geometric-mean and largest budget of the trusted range
         (trusted_flops), or of the runs' FLOPs when no budget keeps every optimum inside the runs."""
-        grid, inside = self.trusted_flops()
+        grid, inside = self.trusted_flops
         f = grid[inside] if inside.any() else grid
         return float(f.min()), float(np.exp(np.log(f).mean())), float(f.max())
 
+    @cached_property
     def bootstrap_laws(self) -> list:
         boot = (self.fit.get("intervals") or {})
         keys, samples = boot.get("sample_keys"), boot.get("samples") or []
@@ -159,12 +164,12 @@ def fewer_params_more_tokens(ev: Evidence) -> Verdict:
     """SPEC §6.1: at a fixed budget, N* falls and D* rises as E grows — under the fitted law, over the budgets
     where every E's optimum lies inside the runs (trusted_flops)."""
     law, experts = ev.law, ev.experts
-    grid, inside = ev.trusted_flops()
+    grid, inside = ev.trusted_flops
     judged = grid[inside] if inside.any() else grid
     ok = _ordered(law, judged, experts)
     share = float(ok.mean())
     holds = True if ok.all() else ("partly" if ok.any() else False)
-    points = ev.flops_points()
+    points = ev.flops_points
     n, d = _optima(law, np.array(points), experts)
     rows = ["| E | " + " | ".join(f"N*, D* at F = {f:.3g}" for f in points) + " |", "|---|" + "---|" * len(points)]
     rows += [f"| {e} | " + " | ".join(f"{format_count(n[i, j])}, {format_count(d[i, j])}" for j in range(len(points)))
@@ -174,7 +179,7 @@ def fewer_params_more_tokens(ev: Evidence) -> Verdict:
     rows += ["", f"Judged over {len(judged)} budgets {judged.min():.3g}–{judged.max():.3g} FLOPs, "
                  + ("where every E's compute-optimal N* and D* lie inside the runs' N_act and token ranges."
                     if inside.any() else "(the runs' FLOPs range: no budget keeps every optimum inside the runs).")]
-    agree = _agreement(ev.bootstrap_laws(), lambda lw: bool(_ordered(lw, points[1], experts)[0]))
+    agree = _agreement(ev.bootstrap_laws, lambda lw: bool(_ordered(lw, points[1], experts)[0]))
     lo, hi = 0, len(experts) - 1
     summary = (f"N* falls and D* rises with E at {share:.0%} of the judged budgets ({where}); at F = {points[1]:.3g} "
                f"N* goes {format_count(n[lo, 1])} → {format_count(n[hi, 1])} and D* {format_count(d[lo, 1])} → "
@@ -184,20 +189,32 @@ def fewer_params_more_tokens(ev: Evidence) -> Verdict:
                                    "bootstrap_agreement": agree})
 
 
-def _dominating_pairs(runs: pd.DataFrame) -> pd.DataFrame:
-    """(MoE run, dense run) pairs where the MoE has no more total parameters and no more FLOPs."""
+def _moe_dense_pairs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every (MoE run, dense run) pair, columns suffixed _moe / _dense, with margin = dense loss − MoE loss."""
     moe, dense = runs[runs["experts"] > 1], runs[runs["experts"] == 1]
     pairs = moe.merge(dense, how="cross", suffixes=("_moe", "_dense"))
-    keep = (pairs["n_total_moe"] <= pairs["n_total_dense"]) & (pairs["flops_moe"] <= pairs["flops_dense"])
-    pairs = pairs[keep].copy()
     pairs["margin"] = pairs["loss_dense"] - pairs["loss_moe"]
-    return pairs.sort_values("margin", ascending=False)
+    return pairs
 
 
-def _pair_row(p) -> str:
-    return (f"| {p['run_moe']} | {format_count(p['n_total_moe'])} | {p['flops_moe']:.3g} | {p['loss_moe']:.4f} "
-            f"| {p['run_dense']} | {format_count(p['n_total_dense'])} | {p['flops_dense']:.3g} "
-            f"| {p['loss_dense']:.4f} | {p['margin']:+.4f} |")
+def _dominating_pairs(runs: pd.DataFrame) -> pd.DataFrame:
+    """(MoE run, dense run) pairs where the MoE has no more total parameters and no more FLOPs."""
+    pairs = _moe_dense_pairs(runs)
+    keep = (pairs["n_total_moe"] <= pairs["n_total_dense"]) & (pairs["flops_moe"] <= pairs["flops_dense"])
+    return pairs[keep].sort_values("margin", ascending=False)
+
+
+def _pair_table(pairs: pd.DataFrame, column: str) -> list[str]:
+    """Markdown rows of (MoE, dense) pairs: run, N_total, `column` ("flops" or "tokens"), loss each, and margin."""
+    show = (lambda x: f"{x:.3g}") if column == "flops" else format_count
+    title = "FLOPs" if column == "flops" else column
+    rows = [f"| MoE run | N_total | {title} | loss | dense run | N_total | {title} | loss | dense − MoE |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for _, p in pairs.iterrows():
+        moe, dense = (f"{p[f'run_{side}']} | {format_count(p[f'n_total_{side}'])} | {show(p[f'{column}_{side}'])} | "
+                      f"{p[f'loss_{side}']:.4f}" for side in ("moe", "dense"))
+        rows.append(f"| {moe} | {dense} | {p['margin']:+.4f} |")
+    return rows
 
 
 def memory_optimal_moe(ev: Evidence) -> Verdict:
@@ -206,7 +223,7 @@ def memory_optimal_moe(ev: Evidence) -> Verdict:
     Law: the memory-constrained optimum over the rule's shapes at each dense grid model's N_total and each
     of the runs' FLOPs points. Runs: MoE runs with ≤ the total parameters and ≤ the FLOPs of a dense run.
     """
-    law, rule, experts, points = ev.law, ev.rule, ev.experts, ev.flops_points()
+    law, rule, experts, points = ev.law, ev.rule, ev.experts, ev.flops_points
     dense = ev.runs[ev.runs["experts"] == 1].drop_duplicates("n_total").sort_values("n_total")
     memories = dense["n_total"].to_numpy(np.float64)
     rows = ["| memory (N_total) | " + " | ".join(f"F = {f:.3g}" for f in points) + " |",
@@ -234,14 +251,12 @@ def memory_optimal_moe(ev: Evidence) -> Verdict:
     pairs = _dominating_pairs(ev.runs)
     won = int((pairs["margin"] > 0).sum())
     rows += ["", f"Runs: {len(pairs)} (MoE, dense) pairs where the MoE has no more total parameters and no more "
-                 f"FLOPs; the MoE has the lower held-out loss in {won}. The largest margins:", "",
-             "| MoE run | N_total | FLOPs | loss | dense run | N_total | FLOPs | loss | dense − MoE |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    rows += [_pair_row(p) for _, p in pairs.head(5).iterrows()]
+                 f"FLOPs; the MoE has the lower held-out loss in {won}. The largest margins:", ""]
+    rows += _pair_table(pairs.head(5), "flops")
     agree = None
     if best_cell is not None:
         f, m, _, _ = best_cell
-        agree = _agreement(ev.bootstrap_laws(),
+        agree = _agreement(ev.bootstrap_laws,
                            lambda lw: optimal.memory_optimal(lw, f, m, experts, shape=rule).best.experts > 1)
     holds = best_cell is not None and won > 0
     if best_cell is None:
@@ -258,14 +273,11 @@ def memory_optimal_moe(ev: Evidence) -> Verdict:
 
 
 def _equal_total_run_pairs(runs: pd.DataFrame) -> pd.DataFrame:
-    """(dense, MoE) run pairs with N_total within EQUAL_TOTAL_TOLERANCE and the MoE on E× the dense tokens."""
-    moe, dense = runs[runs["experts"] > 1], runs[runs["experts"] == 1]
-    pairs = moe.merge(dense, how="cross", suffixes=("_moe", "_dense"))
+    """(MoE, dense) run pairs with N_total within EQUAL_TOTAL_TOLERANCE and the MoE on E× the dense tokens."""
+    pairs = _moe_dense_pairs(runs)
     close = (pairs["n_total_moe"] / pairs["n_total_dense"] - 1).abs() <= EQUAL_TOTAL_TOLERANCE
     e_times = np.isclose(pairs["tokens_moe"], pairs["experts_moe"] * pairs["tokens_dense"], rtol=1e-6)
-    pairs = pairs[close & e_times].copy()
-    pairs["margin"] = pairs["loss_dense"] - pairs["loss_moe"]
-    return pairs.sort_values(["experts_moe", "tokens_dense"])
+    return pairs[close & e_times].sort_values(["experts_moe", "tokens_dense"])
 
 
 def e_times_tokens(ev: Evidence) -> Verdict:
@@ -273,7 +285,7 @@ def e_times_tokens(ev: Evidence) -> Verdict:
     beats the compute-optimal dense model (law at the judged budgets, flops_points; and pairs of runs)."""
     law, rule = ev.law, ev.rule
     moe_experts = [e for e in ev.experts if 1 < e <= 8]
-    budgets = ev.flops_points()
+    budgets = ev.flops_points
     rows = ["| F (dense N*, D*) | " + " | ".join(f"E={e}" for e in moe_experts) + " |",
             "|---|" + "---|" * len(moe_experts)]
     margins = []
@@ -291,15 +303,10 @@ def e_times_tokens(ev: Evidence) -> Verdict:
     pairs = _equal_total_run_pairs(ev.runs)
     won = int((pairs["margin"] > 0).sum())
     rows += ["", f"Runs: {len(pairs)} pairs with N_total within ±{EQUAL_TOTAL_TOLERANCE:.0%} and the MoE on E× "
-                 f"the dense run's tokens (the dense runs are grid points, not compute-optimal); MoE wins {won}:", "",
-             "| MoE run | N_total | tokens | loss | dense run | N_total | tokens | loss | dense − MoE |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    rows += [f"| {p['run_moe']} | {format_count(p['n_total_moe'])} | {format_count(p['tokens_moe'])} | "
-             f"{p['loss_moe']:.4f} | {p['run_dense']} | {format_count(p['n_total_dense'])} | "
-             f"{format_count(p['tokens_dense'])} | {p['loss_dense']:.4f} | {p['margin']:+.4f} |"
-             for _, p in pairs.iterrows()]
+                 f"the dense run's tokens (the dense runs are grid points, not compute-optimal); MoE wins {won}:", ""]
+    rows += _pair_table(pairs, "tokens")
     holds = bool(margins) and min(margins) > 0
-    agree = _agreement(ev.bootstrap_laws(), lambda lw: all(
+    agree = _agreement(ev.bootstrap_laws, lambda lw: all(
         optimal.equal_total_params_comparison(lw, f, e, shape=rule)["margin"] > 0 for f in budgets for e in moe_experts))
     summary = (f"under the law the MoE wins in {sum(m > 0 for m in margins)} of {len(margins)} cases "
                f"(E ∈ {{{', '.join(map(str, moe_experts))}}} at {len(budgets)} budgets of the trusted range; margins {min(margins):+.4f} … {max(margins):+.4f}; {_share(agree)}); in the runs it wins "
@@ -411,7 +418,7 @@ def term_ratio_table(ev: Evidence) -> list[str]:
     ours = expert_term_ratios(ev.law, n_bar, d_bar, e)
     paper = expert_term_ratios(law_from_dict(constants.JOINT_PAPER2025), *PAPER_TYPICAL, e)
     with np.errstate(all="ignore"):
-        boot = [expert_term_ratios(lw, n_bar, d_bar, e) for lw in ev.bootstrap_laws()]
+        boot = [expert_term_ratios(lw, n_bar, d_bar, e) for lw in ev.bootstrap_laws]
     rows = [f"| ln(term at E={e} ÷ dense) | this fit (N̄ {format_count(n_bar)}, D̄ {format_count(d_bar)}) | 95 % band | "
             f"paper (N̄ {format_count(PAPER_TYPICAL[0])}, D̄ {format_count(PAPER_TYPICAL[1])}) |", "|---|---|---|---|"]
     for i, name in enumerate(("N-term A(E)·N̄^−α(E)", "D-term B(E)·D̄^−β(E)")):
