@@ -5,6 +5,7 @@ the output directory changes."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -51,7 +52,7 @@ def coeff_file(tmp_path, **changes):
 PLAN_ERRORS = [
     # (argv after `plan`, fragments of the one line)
     (["--flops", "1e5"], ["budget of 100000 FLOPs is too small", "d_model 64", "use --flops ≥ 6.4e+16"]),
-    (["--flops", "-1e22"], ["--flops must be a finite positive number, got '-1e22'"]),
+    (["--flops", "-1e22"], ["--flops must be a finite positive number, got '-1e22'; e.g. --flops 1e22"]),
     (["--flops", "-inf"], ["--flops must be a finite positive number, got '-inf'"]),
     (["--flops", "1e40", "--memory", "1e30"], ["beyond the sweep's limit of d_model 131,072", "lower --memory"]),
     (["--flops", "1e22", "--coeffs", "/missing/coeffs.json"], ["coefficient file /missing/coeffs.json not found"]),
@@ -65,6 +66,35 @@ def test_plan_bad_input_is_one_line_and_keeps_files(capsys, out_dir, argv, fragm
     rc, out, err = run_cli(capsys, "plan", *argv, "--plot", out_dir)
     assert_one_line_error(rc, out, err, "plan", *fragments)
     assert snapshot(out_dir) == before
+
+
+NUMERIC_FLAG_ERRORS = [
+    # (argv with a bad or missing number, the flag): the one line ends with '; e.g. FLAG VALUE'
+    (["plan"], "--flops"),
+    (["plan", "--flops", "-1e22"], "--flops"),
+    (["plan", "--flops", "lots"], "--flops"),
+    (["plan", "--flops", "1e20", "--memory", "80GB", "--bytes-per-param", "0"], "--bytes-per-param"),
+    (["plan", "--flops", "1e20", "--memory", "80GB", "--kv-tokens", "-1"], "--kv-tokens"),
+    (["plan", "--flops", "1e20", "--inference-tokens", "-5"], "--inference-tokens"),
+    (["law", "--n-act", "-1e8", "--tokens", "1e10"], "--n-act"),
+    (["law", "--n-act", "1e8", "--tokens", "nan"], "--tokens"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", NUMERIC_FLAG_ERRORS)
+def test_numeric_flag_error_gives_an_example_that_works(capsys, argv, flag):
+    rc, out, err = run_cli(capsys, *argv)
+    assert_one_line_error(rc, out, err, argv[0], f"; e.g. {flag} ")
+    example = re.search(rf"; e\.g\. {flag} (\S+)$", err.rstrip("\n")).group(1)
+    fixed = argv[:argv.index(flag) + 1] + [example] + argv[argv.index(flag) + 2:] if flag in argv else [*argv, flag, example]
+    rc, out, err = run_cli(capsys, *fixed)
+    assert rc == 0 and out, (fixed, err)
+
+
+def test_memory_that_is_zero_names_a_valid_size(capsys):
+    rc, out, err = run_cli(capsys, "plan", "--flops", "1e20", "--memory", "0GB")
+    assert_one_line_error(rc, out, err, "plan", "memory must be positive, got '0GB'; use e.g. 24GB or 80GB")
+    assert run_cli(capsys, "plan", "--flops", "1e20", "--memory", "24GB")[0] == 0
 
 
 LAW_ERRORS = [

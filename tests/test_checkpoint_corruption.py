@@ -95,3 +95,24 @@ def test_stale_read_errors_are_dropped_and_others_still_reported(monkeypatch):
         sys.unraisablehook(types.SimpleNamespace(exc_type=type(err), exc_value=err, exc_traceback=None,
                                                  err_msg=None, object=None))
     assert seen == [other]
+
+
+def test_clean_restore_moves_nothing_and_creates_no_quarantine(tmp_path):
+    """A fresh directory and a good newest checkpoint: no checkpoints_corrupt/, and the manager keeps saving."""
+    import jax
+    import jax.numpy as jnp
+
+    from moe_jax.train.checkpointing import Checkpointer
+
+    state = {"w": jnp.arange(6.0).reshape(2, 3)}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    ck = Checkpointer(tmp_path / "checkpoints", keep=2, use_async=False)
+    assert ck.restore_latest(abstract) is None  # a new run
+    for step in (1, 2):
+        ck.save(step, jax.tree.map(lambda x: x + step, state), {"tokens": step})
+    restored, meta = ck.restore_latest(abstract)
+    assert meta["step"] == 2 and float(restored["w"][0, 0]) == 2.0
+    ck.save(3, state, {"tokens": 3})
+    assert ck.steps() == [2, 3]
+    ck.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]

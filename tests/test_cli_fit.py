@@ -87,12 +87,12 @@ def test_joint_fit_human_output_with_bootstrap_and_plan_round_trip(capsys, tmp_p
     [
         (["{missing}", "--law", "chinchilla"], "does not exist"),
         (["{csv}", "--law", "joint"], "missing column 'experts'"),
-        (["{csv}", "--law", "chinchilla", "--huber-delta", "-1"], "Huber delta must be a positive number"),
+        (["{csv}", "--law", "chinchilla", "--huber-delta", "-1"], "Huber delta must be a positive number, got -1.0; e.g. --huber-delta 1e-3"),
         (["{csv}", "--law", "chinchilla", "--heldout-lowest", "240"], "held-out size must be in 0..239"),
-        (["{csv}", "--law", "chinchilla", "--bootstrap", "-2"], "bootstrap count must be >= 0"),
+        (["{csv}", "--law", "chinchilla", "--bootstrap", "-2"], "bootstrap count must be >= 0, got -2; e.g. --bootstrap 0"),
         (["{csv}", "--law", "chinchilla", "--out", "{csv}"], "is not a directory"),
         (["{csv}", "--law", "chinchilla", "--bogus"], "unrecognised arguments: --bogus"),
-        (["{csv}", "--law", "chinchilla", "--weights", "paper", "--l2", "-1"], "L2 penalty must be >= 0"),
+        (["{csv}", "--law", "chinchilla", "--weights", "paper", "--l2", "-1"], "L2 penalty must be >= 0, got -1.0; e.g. --l2 0"),
         (["{csv}", "--law", "chinchilla", "--heldout-lowest", "236"], "4 training runs after holding out 236"),
     ],
 )

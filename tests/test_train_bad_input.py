@@ -6,6 +6,7 @@ All of these are refused before a model is built, so they take a second each.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,37 +20,76 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train_helpers import FakeData, tiny_config  # noqa: E402
 
 TINY = ["--config", "tiny", "--config.train.progress=none"]
+# `moe-jax demo` checks every run's workdir (and WORKDIR itself) before preparing data or training.
+COMMANDS = {"train": ["train", *TINY], "demo": ["demo", "--tokens", "4096", "--seeds", "1"]}
+
+
+def _run(capsys, command, workdir, *extra) -> tuple[int, list[str]]:
+    code = main([*COMMANDS[command], "--workdir", str(workdir), *extra])
+    out, err = capsys.readouterr()
+    assert "training" not in out and "preparing" not in out  # refused before any work started
+    return code, [line for line in err.splitlines() if line.strip()]
 
 
 def _train(capsys, workdir, *extra) -> tuple[int, list[str]]:
-    code = main(["train", *TINY, "--workdir", str(workdir), *extra])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    return code, err
+    return _run(capsys, "train", workdir, *extra)
 
 
 def _snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_workdir_that_is_a_file(tmp_path, capsys):
+def _suggested_path(line: str) -> Path:
+    """The '(e.g. PATH)' a workdir error proposes; it must be usable: its nearest existing ancestor a directory."""
+    path = Path(re.search(r"\(e\.g\. (\S+)\)$", line).group(1))
+    assert next(p for p in (path, *path.parents) if p.exists()).is_dir(), line
+    return path
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_workdir_that_is_a_file(tmp_path, capsys, command):
     target = tmp_path / "notes.txt"
     target.write_text("my notes")
-    code, err = _train(capsys, target)
-    assert code == 2 and len(err) == 1 and "is a file" in err[0]
-    assert target.read_text() == "my notes"
+    code, err = _run(capsys, command, target)
+    assert code == 2 and len(err) == 1 and f"workdir {target} is a file" in err[0]
+    assert _suggested_path(err[0]) == tmp_path / "notes.txt_runs"
+    assert _snapshot(tmp_path) == {"notes.txt": b"my notes"}
 
 
-def test_workdir_under_a_file(tmp_path, capsys):
+@pytest.mark.parametrize("command", COMMANDS)
+def test_workdir_under_a_file(tmp_path, capsys, command):
     (tmp_path / "file").write_text("x")
-    code, err = _train(capsys, tmp_path / "file" / "run")
-    assert code == 2 and len(err) == 1 and f"which is a file" in err[0]
-    assert _snapshot(tmp_path) == {"file": b"x"}
+    (tmp_path / "file_runs").write_text("a file in the way of the first suggestion")
+    before = _snapshot(tmp_path)
+    code, err = _run(capsys, command, tmp_path / "file" / "run")
+    assert code == 2 and len(err) == 1 and f"is under {tmp_path / 'file'}, which is a file" in err[0]
+    assert _suggested_path(err[0]) == tmp_path / "file_runs2" / "run"
+    assert _snapshot(tmp_path) == before
 
 
-def test_workdir_that_cannot_be_written(capsys):
+@pytest.mark.parametrize("command", COMMANDS)
+def test_workdir_that_cannot_be_written(capsys, command):
     # /sys refuses new directories even for root (os.access says yes, mkdir says EPERM).
-    code, err = _train(capsys, "/sys/moe_jax_run")
+    code, err = _run(capsys, command, "/sys/moe_jax_run")
     assert code == 2 and len(err) == 1 and "cannot write to workdir /sys/moe_jax_run" in err[0]
+
+
+def test_demo_checks_every_run_before_training_the_first(tmp_path, capsys):
+    """The second run's directory holds another config: refused before the first run trains, nothing written."""
+    from moe_jax.configlib import load_config
+
+    other = json.loads(load_config("demo:moe", ["--config.model.d_model=64"]).to_json_best_effort())
+    (tmp_path / "moe_e8_s0").mkdir()
+    (tmp_path / "moe_e8_s0" / "config.json").write_text(json.dumps(other))
+    (tmp_path / "dense_s0").write_text("a file where the dense run's directory goes")
+    before = _snapshot(tmp_path)
+    code, err = _run(capsys, "demo", tmp_path)
+    assert code == 2 and len(err) == 1 and f"workdir {tmp_path / 'dense_s0'} is a file" in err[0]
+    (tmp_path / "dense_s0").unlink()
+    del before["dense_s0"]
+    code, err = _run(capsys, "demo", tmp_path)
+    assert code == 2 and len(err) == 1 and "moe_e8_s0 holds a run with model.d_model=64" in err[0]
+    assert _snapshot(tmp_path) == before and not (tmp_path / "dense_s0").exists()
 
 
 def test_truncated_config_json_is_reported_and_kept(tmp_path, capsys):

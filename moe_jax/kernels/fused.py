@@ -67,6 +67,7 @@ def pallas_moe(x, expert_idx, gates, w_gate, w_up, w_down, capacity: int | None 
     tiles = tuple(int(v) for v in tiles)
     project = partial(gmm, group_sizes=group_sizes, tiles=tiles, interpret=interpret)
     a, b = project(x, (w_gate, w_up), rows=rows, inverse=inverse)  # [TK, F] each
+    # Not kernels.common.swiglu: gate and up share one gmm call that reads x through `rows` once.
     ys = project(jax.nn.silu(a) * b, w_down)  # [TK, D]
     y = combine(ys, inverse, order, gates, tiles[0], interpret)  # [T, D]
     return y, jnp.ones((t, k), bool)

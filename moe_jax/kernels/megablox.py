@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.errors import ConfigError
-from moe_jax.kernels.common import check_shapes
+from moe_jax.kernels.common import check_shapes, swiglu
 from moe_jax.kernels.fused import expert_order
 from moe_jax.kernels.gather import on_tpu
 from moe_jax.kernels.tiling import choose_tiling
@@ -40,7 +40,6 @@ def megablox_moe_tpu(x, expert_idx, gates, w_gate, w_up, w_down, tiles=(0, 0, 0)
     xs = jnp.take(x, jnp.pad(rows, (0, padded - t * k)), axis=0)  # [M, D]: the permuted copy
     tiling = lambda m, kk, n: tuple(vars(choose_tiling(m, kk, n, tiles)).values())  # noqa: E731
     mm = partial(megablox.gmm, group_sizes=group_sizes, preferred_element_type=x.dtype, tiling=tiling)
-    h = jax.nn.silu(mm(xs, w_gate)) * mm(xs, w_up)  # [M, F]; rows past T·K come out zero
-    ys = mm(h, w_down)[: t * k]  # [TK, D]
+    ys = swiglu(xs, w_gate, w_up, w_down, matmul=mm)[: t * k]  # [TK, D]; padded rows past T·K are dropped
     y = jnp.take(ys, inverse, axis=0) * gates[:, :, None].astype(ys.dtype)  # [T, K, D]
     return y.sum(axis=1), jnp.ones((t, k), bool)

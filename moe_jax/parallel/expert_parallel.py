@@ -114,8 +114,8 @@ def _local_moe_ragged(x, expert_idx, gates, w_gate, w_up, w_down, *, exchange, g
     local_e = jnp.where(jnp.arange(nx * n * k) < recv.sum(), local_e, el)  # unused rows sort last
     regroup = jnp.argsort(local_e, stable=True)
     rows, sizes = jnp.take(received, regroup, axis=0), mine.sum(axis=0)  # [X·A, D], [El]
-    h = jax.nn.silu(grouped_matmul(rows, w_gate, sizes)) * grouped_matmul(rows, w_up, sizes)
-    done = jnp.take(grouped_matmul(h, w_down, sizes), jnp.argsort(regroup), axis=0)  # [X·A, D] received order
+    out = swiglu(rows, w_gate, w_up, w_down, matmul=lambda a, w: grouped_matmul(a, w, sizes))  # [X·A, D]
+    done = jnp.take(out, jnp.argsort(regroup), axis=0)  # [X·A, D] received order
     b_inp, b_send, b_out, b_recv = ragged_offsets(counts.T, me)  # the way back: every row to where it came from
     back = exchange(done, jnp.zeros((n * k, d), done.dtype), b_inp, b_send, b_out, b_recv, axis_name="expert")
     y = jnp.take(back, jnp.argsort(order), axis=0)  # [A, D] token-major

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from moe_jax.cli import reject_extra
 from moe_jax.errors import UserError, warn
@@ -20,19 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
 
 
-def parse_positive(flag: str, text) -> float:
-    """A finite positive number from a flag's text, else a UserError naming the flag."""
-    if text is None:
-        raise UserError(f"{flag} is required")
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise UserError(f"{flag} must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise UserError(f"{flag} must be a finite positive number, got {text!r}")
-    return value
-
-
 def law_warnings(ctx: LawContext, n_act: float, experts: int) -> list[str]:
     """Extrapolation warnings (fitted_range) for one point; its d_model is the law's shape rule with this N_act."""
     d_model = float(ctx.shape.d_for_params(n_act))
@@ -42,8 +28,8 @@ def law_warnings(ctx: LawContext, n_act: float, experts: int) -> list[str]:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     reject_extra(extra)
-    n_act = parse_positive("--n-act", args.n_act)
-    tokens = parse_positive("--tokens", args.tokens)
+    n_act = counting.parse_number("--n-act", args.n_act, example="1e8")
+    tokens = counting.parse_number("--tokens", args.tokens, example="1e10")
     experts = fitted_range.integer_experts("--experts", args.experts)
     ctx = load_law_context(args.coeffs)
     law = ctx.law

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from moe_jax.cli import reject_extra
 from moe_jax.errors import UserError, warn
 from moe_jax.scaling import constants, counting, fitted_range, optimal
-from moe_jax.scaling.cli_law import parse_positive
 from moe_jax.scaling.counting import format_count
 from moe_jax.scaling.shape_rule import ShapeRule
 from moe_jax.scaling.law_context import LawContext, load_law_context
@@ -57,25 +55,16 @@ def plan_warnings(plan: dict, ctx: LawContext) -> list[str]:
     return out
 
 
-def parse_nonnegative(flag: str, text) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise UserError(f"{flag} must be a number ≥ 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise UserError(f"{flag} must be a finite number ≥ 0, got {text!r}")
-    return value
-
-
 def build_plan(args: argparse.Namespace) -> dict:
     """All the numbers of the plan as a JSON-ready dict (the CLI's JSON contract)."""
-    flops = parse_positive("--flops", args.flops)
+    flops = counting.parse_number("--flops", args.flops, example="1e22")
     ctx = load_law_context(args.coeffs)
     law, shape = ctx.law, ctx.shape
     experts = parse_experts(args.experts, law, ctx.fitted.experts if ctx.fitted_from_file else constants.PAPER_EXPERTS)
-    bytes_per_param = parse_positive("--bytes-per-param", args.bytes_per_param)
-    kv_tokens = parse_nonnegative("--kv-tokens", args.kv_tokens)
-    inference_tokens = parse_nonnegative("--inference-tokens", args.inference_tokens)
+    bytes_per_param = counting.parse_number("--bytes-per-param", args.bytes_per_param, example="2")
+    kv_tokens = counting.parse_number("--kv-tokens", args.kv_tokens, allow_zero=True, example="8192")
+    inference_tokens = counting.parse_number("--inference-tokens", args.inference_tokens, allow_zero=True,
+                                              example="1e12")
     if args.memory is None and (kv_tokens > 0 or args.realistic):
         raise UserError("--kv-tokens and --realistic apply to the memory-constrained plan: add --memory (e.g. 80GB)")
     plan: dict = {

@@ -78,7 +78,7 @@ def parse_memory(text: str) -> float:
         raise UserError(f"cannot parse memory {text!r}: use e.g. 24GB, 80GB, 640GB, 96GiB or a byte count")
     value = float(m.group(1)) * _UNIT_BYTES[(m.group(2) or "B").lower()]
     if value <= 0:
-        raise UserError(f"memory must be positive, got {text!r}")
+        raise UserError(f"memory must be positive, got {text!r}; use e.g. 24GB or 80GB")
     return value
 
 
@@ -161,6 +161,22 @@ def format_count(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.3g}{unit}"
     return f"{x:.3g}"
+
+
+def parse_number(name: str, value, *, allow_zero: bool = False, example: str | None = None) -> float:
+    """A finite number > 0 (≥ 0 with `allow_zero`) from a number or a flag's text, else a one-line UserError
+    naming `name`, the value and, given `example`, a valid one: "…, got '-1e22'; e.g. --flops 1e22"."""
+    hint = f"; e.g. {name} {example}" if example else ""
+    if value is None:
+        raise UserError(f"{name} is required{hint}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}{hint}") from None
+    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        valid = "a finite number ≥ 0" if allow_zero else "a finite positive number"
+        raise UserError(f"{name} must be {valid}, got {value!r}{hint}")
+    return x
 
 
 def is_positive_finite(x) -> bool:

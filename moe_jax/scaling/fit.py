@@ -62,11 +62,11 @@ class FitSettings:
         if out.weights not in WEIGHT_MODES:
             raise UserError(f"unknown weights {out.weights!r}: use one of {', '.join(WEIGHT_MODES)}")
         if not (math.isfinite(out.huber_delta) and out.huber_delta > 0):
-            raise UserError(f"Huber delta must be a positive number, got {out.huber_delta}")
+            raise UserError(f"Huber delta must be a positive number, got {out.huber_delta}; e.g. --huber-delta 1e-3")
         if not (math.isfinite(out.l2) and out.l2 >= 0):
-            raise UserError(f"L2 penalty must be >= 0, got {out.l2}")
+            raise UserError(f"L2 penalty must be >= 0, got {out.l2}; e.g. --l2 0 or --l2 1e-5")
         if out.bootstrap < 0:
-            raise UserError(f"bootstrap count must be >= 0, got {out.bootstrap}")
+            raise UserError(f"bootstrap count must be >= 0, got {out.bootstrap}; e.g. --bootstrap 0 (none) or 200")
         if not 0 <= out.seed < 2**63:
             raise UserError(f"bootstrap seed must be an integer in 0..2^63-1, got {out.seed}; e.g. --seed 0")
         if out.top_k < 1 or out.finish < 1:

@@ -21,17 +21,6 @@ from moe_jax.scaling.shape_rule import PAPER_RULE, ShapeRule
 # ---------------------------------------------------------------- input checks
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
-        valid = "a finite number ≥ 0" if allow_zero else "a finite positive number"
-        raise UserError(f"{name} must be {valid}, got {value!r}")
-    return x
-
-
 def check_experts(law, experts) -> tuple[int, ...]:
     """Validate an expert list (integers ≥ 1, no repeats; a single number is a list of one) against the law."""
     if np.ndim(experts) == 0:
@@ -116,8 +105,8 @@ def compute_optimal_numeric(law, flops: float, experts: int = 1, inference_token
     The loss is convex in log N (sum of two exponentials of log N), so the bounded search is exact
     to its tolerance. With D_inf = 0 this is the closed form's cross-check.
     """
-    flops = _positive("flops", flops)
-    d_inf = _positive("inference tokens", inference_tokens, allow_zero=True)
+    flops = counting.parse_number("flops", flops)
+    d_inf = counting.parse_number("inference tokens", inference_tokens, allow_zero=True)
     c = law.per_expert(experts)
     n_hi = flops / 6.0 if d_inf == 0 else flops / (2.0 * d_inf)  # D ≥ 1 token / inference fits
 
@@ -138,8 +127,8 @@ def compute_optimal_numeric(law, flops: float, experts: int = 1, inference_token
 def compute_optimal(law, flops: float, experts=constants.PAPER_EXPERTS, inference_tokens: float = 0.0,
                     shape: ShapeRule = PAPER_RULE):
     """Compute-optimal point per expert count: closed form, or numeric when inference tokens are given."""
-    flops = _positive("flops", flops)
-    d_inf = _positive("inference tokens", inference_tokens, allow_zero=True)
+    flops = counting.parse_number("flops", flops)
+    d_inf = counting.parse_number("inference tokens", inference_tokens, allow_zero=True)
     experts = check_experts(law, experts)
     if d_inf > 0:
         n_min = smallest_n_act(shape)
@@ -301,10 +290,10 @@ def memory_optimal(
     so L and the head count are integers with head dim h), keep N_total + K·2·L·d ≤ M, train on
     D = (F − 2·N_act·D_inf)/(6·N_act) tokens, and take the argmin of the loss over all (E, d).
     """
-    flops = _positive("flops", flops)
-    memory_params = _positive("memory", memory_params)
-    kv_tokens = _positive("KV-cache tokens", kv_tokens, allow_zero=True)
-    inference_tokens = _positive("inference tokens", inference_tokens, allow_zero=True)
+    flops = counting.parse_number("flops", flops)
+    memory_params = counting.parse_number("memory", memory_params)
+    kv_tokens = counting.parse_number("KV-cache tokens", kv_tokens, allow_zero=True)
+    inference_tokens = counting.parse_number("inference tokens", inference_tokens, allow_zero=True)
     experts = check_experts(law, experts)
     smallest = smallest_model_params(min(experts), kv_tokens, shape)
     if memory_params < smallest:
@@ -379,7 +368,7 @@ def equal_total_params_comparison(law, flops: float, experts: int, shape: ShapeR
 
     Returns both configurations with their losses and FLOPs; "moe_wins" is loss_moe < loss_dense.
     """
-    flops = _positive("flops", flops)
+    flops = counting.parse_number("flops", flops)
     check_experts(law, (1, experts) if experts != 1 else (1,))
     n_dense, d_dense, l_dense = (float(x) for x in compute_optimal_closed_form(law, flops, 1))
     d_moe = float(shape.d_for_params(n_dense, experts, total=True))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ml_collections
+from flax import traverse_util
 
 from moe_jax.errors import ConfigError
 
@@ -73,14 +74,12 @@ def format_value(value) -> str:
     return str(value)
 
 
-def _flatten(node, prefix: str = "") -> dict:
-    out = {}
-    for key, value in (node.items() if node is not None else ()):
-        if isinstance(value, (dict, ml_collections.ConfigDict)):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def _flat_overrides(node) -> dict:
+    """{'train': {'batch_size': 16}} (ConfigDict or dict; None = none) → {'train.batch_size': 16}."""
+    if node is None:
+        return {}
+    tree = node.to_dict() if isinstance(node, ml_collections.ConfigDict) else dict(node)
+    return traverse_util.flatten_dict(tree, sep=".")
 
 
 def builtin_grids() -> list[str]:
@@ -114,7 +113,7 @@ def load_grid(spec: str) -> Grid:
         raise ConfigError(f"grid {spec!r}: shapes must map names to (d_model, n_layers, n_heads), experts and budgets "
                           f"be positive integers, controls be (shape, experts, budget) triples") from None
     return Grid(name=Path(path).stem if os.path.isfile(path) else path, base=raw.base,
-                overrides=_flatten(raw.get("overrides")), shapes=shapes, experts=experts, budgets=budgets,
+                overrides=_flat_overrides(raw.get("overrides")), shapes=shapes, experts=experts, budgets=budgets,
                 max_tokens_per_param=float(raw.get("max_tokens_per_param", 0.0)), controls=controls,
                 control_seed=int(raw.get("control_seed", 0)))
 

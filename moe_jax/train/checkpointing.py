@@ -179,6 +179,8 @@ class Checkpointer:
             # Nothing restorable at all: more likely changed code than corruption. Never discard them silently.
             raise UserError(f"none of the checkpoints {sorted(s for s, _ in bad)} in {self.directory} can be restored "
                             f"(newest: {bad[0][1]}); if they are from other code, use a new workdir")
+        if not bad:  # the newest checkpoint was good: nothing moves and the manager stays open
+            return result
         for (step, reason), dest in zip(bad, self._quarantine([s for s, _ in bad])):
             log.warning("checkpoint at step %d is unusable (%s); moved to %s, resuming from an older one",
                         step, reason, dest)

@@ -43,14 +43,10 @@ def _prepare_corpus(data_cfg) -> None:
     prepare(data_cfg, None)
 
 
-def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int | None,
-             overrides: list[str], seeds: int = 2) -> list[dict]:
-    """Train the config file's ':dense' and ':moe' variants for seeds 0…seeds−1; return their summaries."""
+def _load_pair(config_file: str, tokens: float | None, experts: int | None, overrides: list[str]) -> list:
+    """The config file's ':dense' and ':moe' configs with the demo's token budget and expert count applied."""
     from moe_jax.configlib import load_config
-    from moe_jax.train.cli import enable_compilation_cache
-    from moe_jax.train.loop import train
 
-    enable_compilation_cache()
     moe_overrides = [f"--config.model.experts={experts}"] if experts is not None else []
     configs = [load_config(f"{config_file}:dense", overrides),
                load_config(f"{config_file}:moe", [*overrides, *moe_overrides])]
@@ -61,22 +57,54 @@ def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int 
     if configs[0].model.experts != 1 or configs[1].model.experts < 2:
         raise UserError(f"{config_file}: ':dense' must have model.experts = 1 and ':moe' at least 2, got "
                         f"{configs[0].model.experts} and {configs[1].model.experts}")
-    _prepare_corpus(configs[0].data)
-    summaries = []
+    return configs
+
+
+def demo_runs(configs: list, workdir: str, seeds: int) -> list[tuple[str, int, object, Path]]:
+    """(name, seed, config, run directory) of every run, in training order: the pair per seed."""
+    runs = []
     for seed in range(seeds):
         for config in configs:
             config = config.copy_and_resolve_references()
             config.train.seed, config.data.seed = seed, seed
             e = config.model.experts
             name = "dense" if e == 1 else f"moe_e{e}"
-            run_dir = Path(workdir) / f"{name}_s{seed}"
-            print(f"training {name} seed {seed}: E = {e}, {format_count(config.train.tokens)} tokens → {run_dir}",
-                  flush=True)
-            summary = dict(train(config, run_dir), name=name, seed=seed)
-            last = read_metrics(run_dir, "train")[-1]
-            summary.update(router_entropy=last["router_entropy"], dropped_fraction=last["dropped_fraction"],
-                           capacity_factor_train=float(config.model.capacity_factor_train), workdir=str(run_dir))
-            summaries.append(summary)
+            runs.append((name, seed, config, Path(workdir) / f"{name}_s{seed}"))
+    return runs
+
+
+def check_runs(runs: list, workdir: str) -> None:
+    """Every config and workdir check of every run, then WORKDIR created: before any corpus or training work."""
+    import moe_jax.data as data_module
+    from moe_jax.train import workdir as run_dir
+    from moe_jax.train.preflight import preflight
+
+    top = run_dir.check_usable(workdir)  # first: the error names --workdir itself
+    for _, _, config, path in runs:
+        checked, _ = preflight(config, data_module)  # the config as train() will record it
+        run_dir.check_config_file(run_dir.check_usable(path), checked)
+    run_dir.make_dir(top)
+
+
+def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int | None,
+             overrides: list[str], seeds: int = 2) -> list[dict]:
+    """Train the config file's ':dense' and ':moe' variants for seeds 0…seeds−1; return their summaries."""
+    from moe_jax.train.cli import enable_compilation_cache
+    from moe_jax.train.loop import train
+
+    runs = demo_runs(_load_pair(config_file, tokens, experts, overrides), workdir, seeds)
+    check_runs(runs, workdir)
+    enable_compilation_cache()
+    _prepare_corpus(runs[0][2].data)
+    summaries = []
+    for name, seed, config, run_dir in runs:
+        print(f"training {name} seed {seed}: E = {config.model.experts}, {format_count(config.train.tokens)} tokens "
+              f"→ {run_dir}", flush=True)
+        summary = dict(train(config, run_dir), name=name, seed=seed)
+        last = read_metrics(run_dir, "train")[-1]
+        summary.update(router_entropy=last["router_entropy"], dropped_fraction=last["dropped_fraction"],
+                       capacity_factor_train=float(config.model.capacity_factor_train), workdir=str(run_dir))
+        summaries.append(summary)
     return summaries
 
 
@@ -133,11 +161,11 @@ def format_table(summaries: list[dict]) -> str:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.tokens is not None and not args.tokens > 0:
-        raise UserError(f"--tokens must be > 0, got {args.tokens:g}")
+        raise UserError(f"--tokens must be > 0, got {args.tokens:g}; e.g. --tokens 2e5")
     if args.experts is not None and args.experts < 2:
-        raise UserError(f"--experts must be ≥ 2, got {args.experts}")
+        raise UserError(f"--experts must be ≥ 2, got {args.experts}; e.g. --experts 8")
     if args.seeds < 1:
-        raise UserError(f"--seeds must be ≥ 1, got {args.seeds}")
+        raise UserError(f"--seeds must be ≥ 1, got {args.seeds}; e.g. --seeds 2")
     t0 = time.time()
     summaries = run_demo(args.config, args.workdir, args.tokens, args.experts, extra, seeds=args.seeds)
     curves = plot_demo(summaries, args.workdir)

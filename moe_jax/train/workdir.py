@@ -9,6 +9,7 @@ reported as one line naming the path, the problem and what to do instead.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -37,17 +38,28 @@ def _config_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+def _nearest_existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists())  # '/' always exists
+
+
+def _beside(path: Path, file: Path) -> Path:
+    """A directory path in place of `path`, which is `file` or lies under it: /x/f/run → /x/f_runs/run."""
+    rest = path.relative_to(file)
+    for n in itertools.count(1):
+        candidate = file.parent / f"{file.name}_runs{n if n > 1 else ''}" / rest
+        if _nearest_existing(candidate).is_dir():
+            return candidate
+
+
 def check_usable(workdir: str | os.PathLike) -> Path:
     """The absolute workdir path, or a UserError if it (or a parent) is a file or cannot be written."""
     if is_remote(workdir):  # a bucket: nothing to check before the first write
         return run_path(workdir)
     path = Path(workdir).absolute()
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None:  # pragma: no cover - '/' always exists
-        raise UserError(f"workdir {path}: no existing parent directory")
+    existing = _nearest_existing(path)
     if not existing.is_dir():
         where = "is a file" if existing == path else f"is under {existing}, which is a file"
-        raise UserError(f"workdir {path} {where}; give a directory path (e.g. {path.parent / (path.name + '_run')})")
+        raise UserError(f"workdir {path} {where}; give a directory path (e.g. {_beside(path, existing)})")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"workdir {path}: {existing} is not writable; choose a directory you can write to")
     return path
@@ -87,12 +99,20 @@ def check_config_file(workdir: Path, config) -> None:
                           f"use a new --workdir or the original config ({len(diff)} field(s) differ: {', '.join(diff[:5])})")
 
 
-def claim(workdir: Path, config, *, write: bool = True) -> None:
-    """Create the workdir and (if `write`: the one writing process) config.json; OSError → one-line UserError."""
+def make_dir(workdir: Path) -> None:
+    """mkdir -p, with a directory that cannot be created (read-only, /sys) as a one-line UserError."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        if not write:
-            return
+    except OSError as err:
+        raise UserError(f"cannot write to workdir {workdir}: {err.strerror or err}") from None
+
+
+def claim(workdir: Path, config, *, write: bool = True) -> None:
+    """Create the workdir and (if `write`: the one writing process) config.json; OSError → one-line UserError."""
+    make_dir(workdir)
+    if not write:
+        return
+    try:
         write_text_atomic(workdir / CONFIG_FILE, json.dumps(_config_json(config), indent=1, sort_keys=True))
     except OSError as err:
         raise UserError(f"cannot write to workdir {workdir}: {err.strerror or err}") from None
