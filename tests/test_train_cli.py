@@ -43,6 +43,7 @@ def test_moe_jax_train_runs_on_the_fixture_task_and_resumes_as_a_no_op(tmp_path,
     assert main(argv) == 0
     again = json.loads((workdir / "summary.json").read_text())
     assert again["final_eval_loss"] == summary["final_eval_loss"] and len(read_metrics(workdir, "train")) == 4
+    assert not (workdir / "checkpoints_corrupt").exists()  # a clean resume quarantines nothing
 
 
 def test_moe_jax_demo_trains_the_pair_per_seed_and_prints_a_paired_verdict(tmp_path, capsys, private_cache):
