@@ -97,13 +97,13 @@ def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int 
     enable_compilation_cache()
     _prepare_corpus(runs[0][2].data)
     summaries = []
-    for name, seed, config, run_dir in runs:
+    for name, seed, config, path in runs:
         print(f"training {name} seed {seed}: E = {config.model.experts}, {format_count(config.train.tokens)} tokens "
-              f"→ {run_dir}", flush=True)
-        summary = dict(train(config, run_dir), name=name, seed=seed)
-        last = read_metrics(run_dir, "train")[-1]
+              f"→ {path}", flush=True)
+        summary = dict(train(config, path), name=name, seed=seed)
+        last = read_metrics(path, "train")[-1]
         summary.update(router_entropy=last["router_entropy"], dropped_fraction=last["dropped_fraction"],
-                       capacity_factor_train=float(config.model.capacity_factor_train), workdir=str(run_dir))
+                       capacity_factor_train=float(config.model.capacity_factor_train), workdir=str(path))
         summaries.append(summary)
     return summaries
 
