@@ -22,9 +22,9 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 from moe_jax.tpu.accelerators import (DEFAULT_SIZES, DEFAULT_ZONES, RUNTIME_VERSIONS, Accelerator,
                                       check_runtime_version, check_size, check_zone, parse_accelerator)
 
@@ -56,7 +56,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(Settings))
 
 def read_settings_file(path: str) -> dict:
     """The key/values of a .toml or .json settings file; UserError for a missing/bad file or unknown key."""
-    file = Path(path)
+    file = user_path(path)  # local or gs://
     if not file.is_file():
         raise UserError(f"settings file not found: {path!r}")
     try:
@@ -76,7 +76,6 @@ def make_settings(path: str | None, flags: dict) -> Settings:
     """Settings from the file at `path` (if any) with the non-None `flags` on top."""
     values = read_settings_file(path) if path else {}
     values.update({k: v for k, v in flags.items() if v is not None})
-    labels = values.get("labels", {})
     if not all(isinstance(values.get(k, {}), dict) for k in ("labels", "zones", "sizes")):
         raise UserError("settings 'labels', 'zones' and 'sizes' must be tables, e.g. [labels] team = \"x\"")
     return Settings(**values)

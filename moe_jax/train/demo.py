@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 from moe_jax.scaling.counting import format_count
 from moe_jax.train.metrics import read_metrics
 
@@ -69,7 +70,7 @@ def run_demo(config_file: str, workdir: str, tokens: float | None, experts: int 
             config.train.seed, config.data.seed = seed, seed
             e = config.model.experts
             name = "dense" if e == 1 else f"moe_e{e}"
-            run_dir = Path(workdir) / f"{name}_s{seed}"
+            run_dir = user_path(workdir) / f"{name}_s{seed}"
             print(f"training {name} seed {seed}: E = {e}, {format_count(config.train.tokens)} tokens → {run_dir}",
                   flush=True)
             summary = dict(train(config, run_dir), name=name, seed=seed)
@@ -85,7 +86,7 @@ def plot_demo(summaries: list[dict], workdir: str) -> Path:
     from moe_jax.train.curves import plot_run_curves
 
     runs = [(s["name"], s["seed"], s["workdir"]) for s in summaries]
-    return plot_run_curves(runs, Path(workdir) / "curves.png", title=verdict(summaries))
+    return plot_run_curves(runs, user_path(workdir) / "curves.png", title=verdict(summaries))
 
 
 def paired_gaps(summaries: list[dict]) -> tuple[list[float], float]:
