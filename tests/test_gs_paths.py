@@ -114,3 +114,13 @@ def test_tpu_settings_file_in_a_bucket(bucket, cwd, capsys, monkeypatch):
     code, out, err = cli(capsys, "tpu", "create", "moe-1", "--settings", "gs://b/tpu.toml", "--dry-run")
     assert code == 0, err
     assert "--accelerator-type=v5litepod-16" in out and "--project=p" in out
+
+
+def test_the_data_dir_must_be_local_while_vocabulary_and_shards_may_be_in_a_bucket():
+    from moe_jax.data.config import data_config
+    from moe_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.data_dir='gs://b/data' must be on the local disk: token caches"):
+        data_config(data_dir="gs://b/data")
+    config = data_config(vocab_path="gs://b/gpt2", task="fineweb_edu", fineweb_path="gs://b/fineweb")
+    assert (config.vocab_path, config.fineweb_path) == ("gs://b/gpt2", "gs://b/fineweb")

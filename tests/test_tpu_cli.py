@@ -170,6 +170,8 @@ BAD_INPUT = [
     (["run", "--config", "configs/paper.py:d1024_E8", "--bucket", "gs://" + "b" * 64 + "/runs"],
      "must be 3-63 characters"),
     (["run", "--config", "configs/paper.py:d1024_E8", "--workdir", "gs://My_Bucket/r"], "bucket name 'My_Bucket'"),
+    (["setup", "--wheel", "gs://my-bucket/moe.whl"], "--wheel gs://my-bucket/moe.whl must be on the local disk"),
+    (["setup", "--wheel-dir", "gs://my-bucket/dist"], "--wheel-dir gs://my-bucket/dist must be on the local disk"),
     (["create", "--label", "team"], "bad --label 'team'; use KEY=VALUE"),
     (["create", "--label", "Team=x"], "bad label Team='x'"),
     (["status", "--label", "team=a b"], "bad label team='a b'"),

@@ -98,7 +98,7 @@ def _create(args, s: Settings, runner: Runner, extra) -> None:
 
 def _setup(args, s: Settings, runner: Runner, extra) -> None:
     require(s, "project", "zone")
-    wheel = args.wheel or slices.build_wheel(args.source, args.wheel_dir, runner)
+    wheel = slices.local_wheel(args.wheel, args.source, args.wheel_dir, runner)
     slices.setup(args.name, s, runner, wheel)
 
 
