@@ -299,6 +299,13 @@ def test_train_multi_host_flag_lets_jax_detect_the_cluster_without_the_env_var(m
                                          "--process-id", "0"]), [])
     assert len(calls) == 1
 
+    def no_cluster():  # what jax.distributed.initialize() raises where no cluster is detected
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    with pytest.raises(UserError, match=r"--multi-host: JAX found no cluster to join \(coordinator_address"):
+        train_cli.run(parser.parse_args([*base, "--multi-host"]), [])
+
 
 def _free_port() -> int:
     import socket

@@ -46,6 +46,11 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
         return True
     if multi_host or on_multi_host_tpu_vm(env):
-        jax.distributed.initialize()  # the TPU runtime supplies coordinator, process count and id
+        try:
+            jax.distributed.initialize()  # JAX's cluster detection supplies coordinator, process count and id
+        except ValueError as err:  # no cluster detected, e.g. --multi-host on a workstation
+            raise UserError(f"--multi-host: JAX found no cluster to join ({err}); run on the workers of a "
+                            f"multi-host TPU slice (as `moe-jax tpu run` does) or pass --coordinator, "
+                            f"--num-processes and --process-id") from None
         return True
     return False
