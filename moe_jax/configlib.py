@@ -22,6 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from moe_jax.errors import ConfigError, UserError
+from moe_jax.paths import require_local
 
 _PREFIX = "--config."
 
@@ -65,6 +66,8 @@ def resolve_spec(spec: str) -> str:
 
     ConfigError (one line, listing the packaged names) when neither a file nor a packaged name matches.
     """
+    require_local(spec, "config", "config files are Python read from this machine; copy it here first "
+                  "(gcloud storage cp) and pass the local path")
     path, sep, arg = spec.partition(":")
     if os.path.isfile(path):
         if not path.endswith(".py"):

@@ -1,7 +1,9 @@
-"""Run paths that may live on the local disk or in a Cloud Storage bucket (`gs://…`).
+"""File paths that may live on the local disk or in a Cloud Storage bucket (`gs://…`): the one place for both.
 
     workdir = run_path("gs://bucket/runs/d1024_E8")   # etils.epath.Path (TensorFlow's gfile underneath)
     workdir = run_path("runs/tiny")                     # pathlib.Path, absolute
+    out = user_path("fits/joint")                       # pathlib.Path as given (relative stays relative)
+    require_local("gs://b/sweep", "sweep directory", "it holds the SQLite registry")   # UserError for gs://
 
 Both answer `/`, exists, is_dir, mkdir, iterdir, glob, open, read_text and write_text alike; Orbax
 takes either. What only a local disk can do (atomic rename over a file, chmod) is done only there.
@@ -13,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from moe_jax.errors import UserError
+
 REMOTE_PREFIXES = ("gs://",)
 
 
@@ -21,13 +25,34 @@ def is_remote(path) -> bool:
     return os.fspath(path).startswith(REMOTE_PREFIXES)
 
 
-def run_path(path):
-    """`path` as an absolute pathlib.Path, or as an etils.epath.Path when it is a gs:// path."""
+def user_path(path):
+    """`path` as the user gave it: a pathlib.Path, or an etils.epath.Path when it is a gs:// path.
+
+    Never pathlib for gs://: Path('gs://b/x') silently becomes the local folder 'gs:/b/x'."""
     if is_remote(path):
         from etils import epath
 
         return epath.Path(os.fspath(path))
-    return Path(path).absolute()
+    return Path(path)
+
+
+def run_path(path):
+    """`path` as an absolute pathlib.Path, or as an etils.epath.Path when it is a gs:// path."""
+    return user_path(path) if is_remote(path) else Path(path).absolute()
+
+
+def open_existing(path, mode: str = "r"):
+    """path.open(mode), raising FileNotFoundError for a missing file in a bucket too (where the backend may
+    raise its own error type, or only at the first read)."""
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+    return path.open(mode)
+
+
+def require_local(path, what: str, why: str) -> None:
+    """UserError (one line) when `path` is a gs:// path where only the local disk will do, saying `why`."""
+    if is_remote(path):
+        raise UserError(f"{what} {os.fspath(path)} must be on the local disk, not in a bucket: {why}")
 
 
 def write_text_atomic(path, text: str) -> None:

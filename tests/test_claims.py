@@ -98,6 +98,24 @@ def test_claims_cli_updates_the_marked_block(tmp_path, capsys):
     assert [v["holds"] for v in json.loads(capsys.readouterr().out)] == [True, True, True, True]
 
 
+def test_claims_reads_its_evidence_from_and_updates_a_file_in_a_bucket(tmp_path, capsys, bucket):
+    ev = _evidence(PAPER)
+    for folder in (tmp_path / "local", bucket / "b" / "ev"):
+        folder.mkdir(parents=True)
+        ev.runs.to_csv(folder / "runs.csv", index=False)
+        (folder / "fit.json").write_text(json.dumps(ev.fit))
+        (folder / "reuse.json").write_text(json.dumps(ev.reuse))
+    assert main(["claims", "--dir", str(tmp_path / "local")]) == 0
+    local = capsys.readouterr().out
+    assert main(["claims", "--dir", "gs://b/ev"]) == 0
+    assert capsys.readouterr().out == local
+    (bucket / "b" / "doc.md").write_text(f"{BEGIN}\nSTALE\n{END}\n")
+    assert main(["claims", "--dir", "gs://b/ev", "--update", "gs://b/doc.md"]) == 0
+    assert generated_block((bucket / "b" / "doc.md").read_text()) == local
+    assert main(["claims", "--dir", "gs://b/none"]) == 2
+    assert capsys.readouterr().err.strip().endswith("gs://b/none is not a directory with runs.csv and fit.json")
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda d: None, "runs.csv does not exist"),
     (lambda d: (d / "runs.csv").write_text("n_act,tokens\n1,2\n"), "missing column"),

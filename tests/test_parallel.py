@@ -268,6 +268,45 @@ def test_multi_host_start_is_asked_for_by_flags_or_a_tpu_vm_slice():
         initialize("localhost:1234", 2, 2, env={})
 
 
+class _Initialized(Exception):
+    """Raised by the stand-in jax.distributed.initialize: the run stops right after start-up."""
+
+
+def test_train_multi_host_flag_lets_jax_detect_the_cluster_without_the_env_var(monkeypatch, tmp_path):
+    import argparse
+
+    import jax
+
+    from moe_jax.errors import UserError
+    from moe_jax.train import cli as train_cli
+
+    calls = []
+
+    def fake_initialize(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise _Initialized
+
+    monkeypatch.setattr(jax.distributed, "initialize", fake_initialize)
+    monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)  # a queued-resource VM may not set it
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    base = ["--config", "tiny", "--workdir", str(tmp_path / "w")]
+    with pytest.raises(_Initialized):
+        train_cli.run(parser.parse_args([*base, "--multi-host"]), [])
+    assert calls == [((), {})]  # no arguments: JAX's cluster detection (GCE TPU metadata, GKE) fills them in
+    with pytest.raises(UserError, match="--multi-host lets JAX find the cluster itself"):
+        train_cli.run(parser.parse_args([*base, "--multi-host", "--coordinator", "h:1", "--num-processes", "2",
+                                         "--process-id", "0"]), [])
+    assert len(calls) == 1
+
+    def no_cluster():  # what jax.distributed.initialize() raises where no cluster is detected
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    with pytest.raises(UserError, match=r"--multi-host: JAX found no cluster to join \(coordinator_address"):
+        train_cli.run(parser.parse_args([*base, "--multi-host"]), [])
+
+
 def _free_port() -> int:
     import socket
 

@@ -1,48 +1,19 @@
 """gs:// run paths: the workdir's own files (config.json, metrics.jsonl) go through etils.epath.
 
 A bucket cannot be reached here, so epath's gs:// backend is mocked by a local directory standing in
-for the bucket; Orbax (checkpoints) and TFRecord (TensorBoard) talk to GCS themselves and are not
-covered by this stand-in.
+for the bucket (the `bucket` fixture of conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from unittest import mock
-
-from etils.epath import backend as backend_lib, gpath, testing as epath_testing
 
 from moe_jax.errors import ConfigError
 from moe_jax.paths import is_remote, run_path
 from moe_jax.train import workdir as run_dir
 from moe_jax.train.metrics import MetricsWriter, read_metrics
-
-
-@pytest.fixture
-def bucket(tmp_path):
-    """gs://bucket/... is tmp_path/bucket/... for every epath operation."""
-    root = tmp_path / "gcs"
-
-    def local(path) -> str:
-        text = str(path)
-        assert text.startswith("gs://"), text
-        return str(root / text[len("gs://"):])
-
-    def on_local(name):
-        def fn(original, path, *args, **kwargs):
-            return getattr(backend_lib.os_backend, name)(local(path), *args, **kwargs)
-        return fn
-
-    def glob(original, pattern):
-        return [f"gs://{Path(p).relative_to(root)}" for p in backend_lib.os_backend.glob(local(pattern))]
-
-    names = ("exists", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree", "stat")
-    with mock.patch.object(gpath, "_is_tf_installed", lambda: False):  # else gs:// skips the backend table
-        with epath_testing.mock_epath(glob=glob, **{n: on_local(n) for n in names}):
-            yield root
 
 
 def test_remote_paths_are_recognised():

@@ -127,6 +127,7 @@ def test_a_preempted_run_is_relaunched_from_its_last_checkpoint_on_a_new_slice(c
                             "setup sw-0", "start r1 on sw-0", "delete sw-0"]
     starts = [argv[-1] for argv in cloud.calls("gcloud") if "setsid" in argv[-1]]
     assert starts[0] == starts[1] and "--workdir gs://bkt/sweep/r1 " in starts[0]  # same workdir: resumes there
+    assert "moe-jax/venv/bin/moe-jax train --multi-host --config" in starts[0]  # JAX finds the other workers
     r1 = reg.get("r1")
     assert (r1.state, r1.attempts, r1.failures, r1.result["loss"]) == ("done", 2, 0, 3.0)
 
@@ -141,6 +142,33 @@ def test_a_run_that_keeps_failing_is_marked_failed_with_its_error_at_the_retry_l
     assert (r1.state, r1.attempts, r1.failures) == ("failed", 3, 3)
     assert r1.error == "exit 1 on sw-0; see `moe-jax tpu logs sw-0`"
     assert cloud.state()["queued"] == {}  # the pool is given back
+
+
+def test_a_slice_preempted_at_every_launch_ends_failed_at_the_attempt_limit_naming_the_slice(cloud, tmp_path):
+    # each new sw-0: ACTIVE (start r1), ACTIVE (probe: running), then SUSPENDED (reclaimed) for good
+    cloud.world(plans={"sw-0": [["ACTIVE", "ACTIVE", "SUSPENDED"]]}, probes={"r1": ["running"]})
+    reg = registry(tmp_path, "r1")
+    reg.max_attempts = 3
+    assert sweep(reg, gcloud_backend(tmp_path))["failed"] == 1
+    assert verbs(cloud) == ["create sw-0", "setup sw-0", "start r1 on sw-0", "delete sw-0"] * 3
+    r1 = reg.get("r1")
+    assert (r1.state, r1.attempts, r1.failures) == ("failed", 3, 0)  # preemptions are not failures
+    assert r1.error == "its slice sw-0 was SUSPENDED (launched 3 times)"
+
+
+def test_a_slice_deleted_from_outside_mid_run_is_a_preemption_and_the_run_resumes(cloud, tmp_path):
+    cloud.world(probes={"r1": ["running", "0"]}, writes={"r1": [{}, finished("r1")]})
+    backend = gcloud_backend(tmp_path)
+    reg = registry(tmp_path, "r1")
+    handle = backend.launch(reg.get("r1"))
+    for _ in range(3):  # create, set up and start, probe: running
+        assert backend.poll(handle) is None
+    cloud.update(queued={})  # someone deletes the slice under the run
+    ended = backend.poll(handle)
+    assert (ended.code, ended.error) == (143, "its slice sw-0 disappeared")
+    assert sweep(reg, backend)["done"] == 1  # relaunched on a fresh sw-0
+    assert verbs(cloud) == ["create sw-0", "setup sw-0", "start r1 on sw-0", "create sw-0", "setup sw-0",
+                            "start r1 on sw-0", "delete sw-0"]
 
 
 class _LauncherDied(BaseException):
@@ -304,8 +332,8 @@ def test_xpk_submits_workloads_and_relaunches_one_that_ended_without_a_summary(c
     reg = registry(tmp_path, "r1")
     assert sweep(reg, xpk_backend(tmp_path))["done"] == 1
     creates = [argv for argv in cloud.calls("xpk") if argv[1] == "create"]
-    command = ('pip install -q moe_jax-0.1.0-py3-none-any.whl "jax[tpu]==0.10.2" && moe-jax train --config '
-               "configs/paper.py:d512_E8 --workdir gs://bkt/sweep/r1 --config.train.tokens=1000000000.0")
+    command = ('pip install -q moe_jax-0.1.0-py3-none-any.whl "jax[tpu]==0.10.2" && moe-jax train --multi-host '
+               "--config configs/paper.py:d512_E8 --workdir gs://bkt/sweep/r1 --config.train.tokens=1000000000.0")
     assert creates[0] == ["workload", "create", "--cluster=gke-tpu", "--workload=sw-r1-1", "--tpu-type=v5litepod-16",
                           "--num-slices=1", "--max-restarts=5", "--project=p", "--zone=us-west4-a",
                           "--base-docker-image=python:3.11", f"--script-dir={tmp_path / 'dist'}",
@@ -314,6 +342,18 @@ def test_xpk_submits_workloads_and_relaunches_one_that_ended_without_a_summary(c
     assert [argv[3] for argv in cloud.calls("xpk") if argv[1] == "delete"] == ["--workload=sw-r1-1", "--workload=sw-r1-2"]
     r1 = reg.get("r1")
     assert (r1.state, r1.attempts, r1.failures) == ("done", 2, 1)
+
+
+def test_an_xpk_workload_in_failed_state_counts_a_failure_and_is_deleted(cloud, tmp_path):
+    cloud.world(xpk_plans={"sw-r1-1": ["Admitted", "Failed"], "sw-r1-2": ["Admitted", "Failed"]})
+    reg = registry(tmp_path, "r1")
+    assert sweep(reg, xpk_backend(tmp_path))["failed"] == 1  # max_failures = 2
+    assert [argv[3] for argv in cloud.calls("xpk") if argv[1] == "delete"] == ["--workload=sw-r1-1",
+                                                                               "--workload=sw-r1-2"]
+    r1 = reg.get("r1")
+    assert (r1.state, r1.attempts, r1.failures) == ("failed", 2, 2)
+    assert r1.error == "workload sw-r1-2 failed"
+    assert cloud.state()["workloads"] == {}
 
 
 def test_xpk_gives_up_at_the_retry_limit_and_adopts_a_live_workload(cloud, tmp_path):
@@ -331,7 +371,8 @@ def test_xpk_uses_a_given_image_and_needs_a_cluster(cloud, tmp_path):
                          Runner(), "sw")
     backend.launch(registry(tmp_path, "r1").get("r1"))
     [create] = [argv for argv in cloud.calls("xpk") if argv[1] == "create"]
-    assert "--docker-image=gcr.io/p/moe:1" in create and create[-1].startswith("--command=moe-jax train --config")
+    assert "--docker-image=gcr.io/p/moe:1" in create and \
+        create[-1].startswith("--command=moe-jax train --multi-host --config")
     with pytest.raises(UserError, match="missing cluster"):
         XpkBackend(settings(), parse_accelerator("v5litepod-16"), Runner(), "sw")
 

@@ -85,7 +85,8 @@ def test_run_starts_train_on_every_worker_with_the_mesh_and_a_gs_workdir(cloud, 
     [call] = cloud.calls()
     assert call[:8] == ["compute", "tpus", "tpu-vm", "ssh", "moe-1", *WHERE, "--worker=all"]
     assert _started_train(call) == [
-        "moe-jax/venv/bin/moe-jax", "train", "--config", "configs/paper.py:d1024_E8", "--config.train.tokens=1e9",
+        "moe-jax/venv/bin/moe-jax", "train", "--multi-host", "--config", "configs/paper.py:d1024_E8",
+        "--config.train.tokens=1e9",
         "--config.mesh.fsdp=4", "--config.mesh.expert=4", "--workdir", "gs://my-bucket/moe-jax/runs/d1024_E8"]
     snippet = call[-1]
     assert "> moe-jax/logs/d1024_E8.log 2>&1" in snippet and "echo $! > moe-jax/train.pid" in snippet
@@ -101,7 +102,8 @@ def test_run_uploads_a_config_file_that_is_not_shipped_and_checks_its_mesh_secti
     assert main(["tpu", "run", "moe-1", "--settings", settings, "--config", str(config), "--run-name", "r1"]) == 0
     scp, ssh = cloud.calls()
     assert scp == ["compute", "tpus", "tpu-vm", "scp", str(config), "moe-1:moe-jax/mine.py", *WHERE, "--worker=all"]
-    assert _started_train(ssh)[2:] == ["--config", "moe-jax/mine.py", "--workdir", "gs://my-bucket/moe-jax/runs/r1"]
+    assert _started_train(ssh)[2:] == ["--multi-host", "--config", "moe-jax/mine.py", "--workdir",
+                                       "gs://my-bucket/moe-jax/runs/r1"]
     # data=-1 takes the rest; expert=8 would need 32 of the 16 chips
     assert main(["tpu", "run", "moe-1", "--settings", settings, "--config", str(config),
                  "--config.mesh.expert=8"]) == 2
@@ -159,6 +161,22 @@ BAD_INPUT = [
     (["create", "--zone", "us-central2-b"], "zone 'us-central2-b' does not offer v5litepod"),
     (["create", "--mesh", "x"], "unrecognised arguments"),
     (["run", "--config", "configs/paper.py:d1024_E8", "--mesh", "fsdp=0"], "bad --mesh part 'fsdp=0'"),
+    (["create", "--accelerator", "v5litepod-7"],
+     "no v5litepod slice of size 7 ('v5litepod-7'); use v5litepod-N with N one of 1, 4, 8, 16, 32, 64, 128, 256"),
+    (["create", "--accelerator", "v6e-2"], "N one of 1, 4, 8, 16, 32, 64, 128, 256"),
+    (["create", "--accelerator", "v5p-24", "--zone", "us-east5-a"], "no v5p slice of size 24"),
+    (["create", "--accelerator", "v4-4", "--zone", "us-central2-b"], "N one of 8, 16, 32, 64, 128"),
+    (["run", "--config", "configs/paper.py:d1024_E8", "--bucket", "gs://ab"], "bucket name 'ab' must be 3-63"),
+    (["run", "--config", "configs/paper.py:d1024_E8", "--bucket", "gs://" + "b" * 64 + "/runs"],
+     "must be 3-63 characters"),
+    (["run", "--config", "configs/paper.py:d1024_E8", "--workdir", "gs://My_Bucket/r"], "bucket name 'My_Bucket'"),
+    (["setup", "--wheel", "gs://my-bucket/moe.whl"], "--wheel gs://my-bucket/moe.whl must be on the local disk"),
+    (["setup", "--wheel-dir", "gs://my-bucket/dist"], "--wheel-dir gs://my-bucket/dist must be on the local disk"),
+    (["create", "--label", "team"], "bad --label 'team'; use KEY=VALUE"),
+    (["create", "--label", "Team=x"], "bad label Team='x'"),
+    (["status", "--label", "team=a b"], "bad label team='a b'"),
+    (["run", "--config", "configs/paper.py:d1024_E8", "--label", "9lives=x"], "bad label 9lives='x'"),
+    (["delete", "--label", "team=" + "x" * 64], "bad label team="),
 ]
 
 
@@ -193,6 +211,21 @@ def test_settings_file_errors_and_zone_override(cloud, tmp_path, capsys):
     zones.write_text('project = "p"\nzone = "us-west9-z"\naccelerator = "v6e-8"\n[zones]\nv6e = ["us-west9-z"]\n')
     assert main(["tpu", "create", "moe-1", "--settings", str(zones), "--dry-run"]) == 0
     assert "--zone=us-west9-z" in capsys.readouterr().out
+    assert cloud.calls() == []
+
+
+def test_slice_sizes_are_checked_against_a_table_a_settings_file_can_replace(cloud, tmp_path, capsys):
+    for name in ("v5litepod-256", "v6e-1", "v5p-8", "v5p-12288", "v4-4096"):
+        family = name.split("-")[0]
+        zone = {"v5litepod": "us-west4-a", "v6e": "us-east5-a", "v5p": "us-east5-a", "v4": "us-central2-b"}[family]
+        assert main(["tpu", "create", "moe-1", "--project", "p", "--zone", zone, "--accelerator", name,
+                     "--dry-run"]) == 0, capsys.readouterr().err
+    sizes = tmp_path / "sizes.toml"
+    sizes.write_text('project = "p"\nzone = "us-west4-a"\naccelerator = "v5litepod-2"\n[sizes]\nv5litepod = [2]\n')
+    assert main(["tpu", "create", "moe-1", "--settings", str(sizes), "--dry-run"]) == 0
+    assert "--accelerator-type=v5litepod-2" in capsys.readouterr().out
+    assert main(["tpu", "create", "moe-1", "--settings", str(sizes), "--accelerator", "v5litepod-16"]) == 2
+    assert "N one of 2 (or list the size under [sizes]" in capsys.readouterr().err
     assert cloud.calls() == []
 
 

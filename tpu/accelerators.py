@@ -30,6 +30,21 @@ DEFAULT_ZONES = {
     "v4": ("us-central2-b",),
 }
 
+
+def _powers_of_two(low: int, high: int) -> tuple[int, ...]:
+    return tuple(2**k for k in range(low.bit_length() - 1, high.bit_length()))
+
+
+# family -> the N of '<family>-N' one slice may have (supported-configurations pages: v5e/v6e slices of
+# 1–256 chips; v5p and v4 N counts cores, 2 per chip, from 8 up to the largest single slice);
+# a settings file's [sizes] table overrides a family's list
+DEFAULT_SIZES = {
+    "v5litepod": (1, 4, 8, 16, 32, 64, 128, 256),
+    "v6e": (1, 4, 8, 16, 32, 64, 128, 256),
+    "v5p": (*_powers_of_two(8, 8192), 12288),  # 12288: the 16x16x24 shape, 6144 chips
+    "v4": _powers_of_two(8, 8192),  # a v4 pod: 4096 chips
+}
+
 _TYPE = re.compile(r"(?P<family>[a-z0-9]+?)-(?P<n>[0-9]+)")
 
 
@@ -77,3 +92,12 @@ def check_zone(accelerator: Accelerator, zone: str, zones: dict[str, tuple[str, 
     if zone not in offered:
         raise UserError(f"zone {zone!r} does not offer {accelerator.family} TPUs; use one of {', '.join(offered)} "
                         f"(or list the zone under [zones] in the settings file)")
+
+
+def check_size(accelerator: Accelerator, sizes: dict[str, tuple[int, ...]]) -> None:
+    """UserError unless the accelerator's N is a slice size its family offers (`sizes`: family -> sizes)."""
+    offered = sizes.get(accelerator.family, ())
+    if accelerator.size not in offered:
+        raise UserError(f"no {accelerator.family} slice of size {accelerator.size} ({accelerator.name!r}); use "
+                        f"{accelerator.family}-N with N one of {', '.join(map(str, offered))} "
+                        f"(or list the size under [sizes] in the settings file)")

@@ -95,6 +95,7 @@ class GcloudBackend:
                 return self._ended(handle, EXIT_PREEMPTED, f"its slice {handle.where} was {state}")
             return None
         if state == "DELETED":
+            self._installed.discard(handle.where)  # a slice made again is a fresh VM: set it up again
             if handle.started:
                 return self._ended(handle, EXIT_PREEMPTED, f"its slice {handle.where} disappeared")
             slices.create(handle.where, self.settings, self.accelerator, self.runner)

@@ -14,7 +14,8 @@ from moe_jax.errors import UserError
 from moe_jax.tpu import commands, slices
 from moe_jax.tpu.runner import Runner
 from moe_jax.tpu.runplan import plan_run
-from moe_jax.tpu.settings import Settings, checked_accelerator, make_settings, parse_labels, require
+from moe_jax.tpu.settings import (Settings, all_labels, checked_accelerator, make_settings, parse_labels,
+                                  require)
 
 ACTIONS = {
     "create": "queue a request for a slice (labelled created-by=moe-jax)",
@@ -74,6 +75,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                                            "capacity", "max_run_duration")}
     settings = make_settings(args.settings, flags)
     settings.labels = {**settings.labels, **parse_labels(args.label)}
+    all_labels(settings)  # every action refuses a bad label up front, not only `create`
     return settings
 
 
@@ -96,7 +98,7 @@ def _create(args, s: Settings, runner: Runner, extra) -> None:
 
 def _setup(args, s: Settings, runner: Runner, extra) -> None:
     require(s, "project", "zone")
-    wheel = args.wheel or slices.build_wheel(args.source, args.wheel_dir, runner)
+    wheel = slices.local_wheel(args.wheel, args.source, args.wheel_dir, runner)
     slices.setup(args.name, s, runner, wheel)
 
 

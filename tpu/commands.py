@@ -95,16 +95,17 @@ def install_on_worker(wheel: str) -> str:
 
 
 def train_argv(train_args: list[str], workdir: str | None, program: str = f"{VENV}/bin/moe-jax") -> list[str]:
-    """`moe-jax train ARGS --workdir WORKDIR`; ARGS = ['--config', SPEC, '--config.KEY=VALUE', …] (with
-    `workdir` None, ARGS name it already, as a sweep run's do)."""
-    return [program, "train", *train_args, *(["--workdir", workdir] if workdir else [])]
+    """`moe-jax train --multi-host ARGS --workdir WORKDIR`; ARGS = ['--config', SPEC, '--config.KEY=VALUE', …]
+    (with `workdir` None, ARGS name it already, as a sweep run's do). --multi-host: every worker calls
+    jax.distributed.initialize() and JAX finds the others (TPU VM metadata or GKE), env var or not."""
+    return [program, "train", "--multi-host", *train_args, *(["--workdir", workdir] if workdir else [])]
 
 
 def start_in_background(run: str, train: list[str]) -> str:
     """Start `train` detached (own session, survives the ssh logout), logging to logs/RUN.log.
 
     Its exit code lands in logs/RUN.exit; train.pid holds the session id (for `stop`); train.log links
-    to the log (for `logs`). jax.distributed.initialize() finds the other workers on a Cloud TPU VM.
+    to the log (for `logs`). `train` carries --multi-host (see train_argv).
     """
     log, code = f"{HOME_DIR}/logs/{run}.log", f"{HOME_DIR}/logs/{run}.exit"
     job = double_quote(f"{shlex.join(train)}; echo $? > {code}")

@@ -10,6 +10,8 @@ Example `tpu.toml`:
     team = "scaling"
     [zones]                        # optional: zones offering a family, replacing the built-in list
     v5litepod = ["us-west4-a"]
+    [sizes]                        # optional: the slice sizes N of a family, replacing the built-in list
+    v5litepod = [1, 4, 8, 16]
 Flags given on the command line win over the file. Every check raises a one-line UserError.
 """
 
@@ -20,16 +22,17 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from moe_jax.errors import UserError
-from moe_jax.tpu.accelerators import (DEFAULT_ZONES, RUNTIME_VERSIONS, Accelerator, check_runtime_version, check_zone,
-                                      parse_accelerator)
+from moe_jax.paths import user_path
+from moe_jax.tpu.accelerators import (DEFAULT_SIZES, DEFAULT_ZONES, RUNTIME_VERSIONS, Accelerator,
+                                      check_runtime_version, check_size, check_zone, parse_accelerator)
 
 CAPACITIES = ("on-demand", "spot", "flex", "reserved")
 OUR_LABEL = ("created-by", "moe-jax")  # on every resource we create; `delete` touches nothing without it
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+_BUCKET = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Settings:
     max_run_duration: str = "24h"  # flex-start only: how long the slice lives (at most 7d)
     labels: dict = field(default_factory=dict)  # extra labels; created-by=moe-jax is always added
     zones: dict = field(default_factory=dict)  # family -> zones offering it; replaces the built-in list
+    sizes: dict = field(default_factory=dict)  # family -> slice sizes N it offers; replaces the built-in list
     cluster: str = ""  # xpk backend: the existing GKE cluster
     docker_image: str = ""  # xpk backend: an image with moe_jax installed ('' = build from python:3.11 + wheel)
 
@@ -52,7 +56,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(Settings))
 
 def read_settings_file(path: str) -> dict:
     """The key/values of a .toml or .json settings file; UserError for a missing/bad file or unknown key."""
-    file = Path(path)
+    file = user_path(path)  # local or gs://
     if not file.is_file():
         raise UserError(f"settings file not found: {path!r}")
     try:
@@ -72,9 +76,8 @@ def make_settings(path: str | None, flags: dict) -> Settings:
     """Settings from the file at `path` (if any) with the non-None `flags` on top."""
     values = read_settings_file(path) if path else {}
     values.update({k: v for k, v in flags.items() if v is not None})
-    labels = values.get("labels", {})
-    if not isinstance(labels, dict) or not isinstance(values.get("zones", {}), dict):
-        raise UserError("settings 'labels' and 'zones' must be tables, e.g. [labels] team = \"x\"")
+    if not all(isinstance(values.get(k, {}), dict) for k in ("labels", "zones", "sizes")):
+        raise UserError("settings 'labels', 'zones' and 'sizes' must be tables, e.g. [labels] team = \"x\"")
     return Settings(**values)
 
 
@@ -108,9 +111,15 @@ def require(settings: Settings, *names: str) -> None:
 
 
 def check_bucket(bucket: str, what: str = "bucket") -> None:
-    """UserError unless `bucket` is gs://NAME[/prefix]."""
-    if not re.fullmatch(r"gs://[a-z0-9][a-z0-9._-]{1,220}(/.*)?", bucket):
+    """UserError unless `bucket` is gs://NAME[/prefix] with a valid bucket NAME (Cloud Storage naming rules)."""
+    if not bucket.startswith("gs://"):
         raise UserError(f"{what} {bucket!r} is not a Cloud Storage path; use gs://BUCKET[/PREFIX]")
+    name = bucket[len("gs://"):].split("/", 1)[0]
+    dotted = "." in name  # dotted names may reach 222 characters, 63 per dot-separated part
+    if not (_BUCKET.fullmatch(name) and 3 <= len(name) <= (222 if dotted else 63)
+            and all(len(part) <= 63 for part in name.split("."))):
+        raise UserError(f"{what} {bucket!r}: bucket name {name!r} must be 3-63 characters of lowercase letters, "
+                        f"digits, '-', '_' and '.', starting and ending with a letter or digit")
 
 
 def checked_accelerator(settings: Settings) -> Accelerator:
@@ -122,6 +131,8 @@ def checked_accelerator(settings: Settings) -> Accelerator:
     accelerator = parse_accelerator(settings.accelerator)
     settings.runtime_version = settings.runtime_version or RUNTIME_VERSIONS[accelerator.family]
     check_runtime_version(accelerator, settings.runtime_version)
+    sizes = {**DEFAULT_SIZES, **{k: tuple(v) for k, v in settings.sizes.items()}}
+    check_size(accelerator, sizes)
     zones = {**DEFAULT_ZONES, **{k: tuple(v) for k, v in settings.zones.items()}}
     check_zone(accelerator, settings.zone, zones)
     if settings.capacity not in CAPACITIES:

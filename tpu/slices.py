@@ -10,6 +10,7 @@ import json
 import os
 
 from moe_jax.errors import UserError
+from moe_jax.paths import require_local
 from moe_jax.tpu import commands
 from moe_jax.tpu.accelerators import Accelerator
 from moe_jax.tpu.runner import Runner
@@ -76,8 +77,18 @@ def setup(name: str, s: Settings, run: Runner, wheel: str) -> None:
     run(commands.ssh(name, s, "all", commands.install_on_worker(os.path.basename(wheel))))
 
 
+def local_wheel(wheel: str | None, source: str, out_dir: str, run: Runner) -> str:
+    """The given --wheel (a local file: scp and xpk copy it from here), else one built from `source`."""
+    if wheel:
+        require_local(wheel, "--wheel", "it is copied to the workers from this machine")
+        return wheel
+    return build_wheel(source, out_dir, run)
+
+
 def build_wheel(source: str, out_dir: str, run: Runner) -> str:
     """Build our wheel from the checkout at `source` into `out_dir`; returns its path."""
+    for path, flag in ((source, "--source"), (out_dir, "--wheel-dir")):
+        require_local(path, flag, "pip builds the wheel on this machine")
     if not os.path.isfile(os.path.join(source, "pyproject.toml")):
         raise UserError(f"no pyproject.toml in {source!r}; run from the moe_jax checkout, pass --source DIR, "
                         f"or give a built wheel with --wheel PATH")

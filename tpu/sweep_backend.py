@@ -45,12 +45,6 @@ def check_meshes(registry, accelerator) -> None:
                 raise UserError(f"run {record.id!r}: {err}") from None
 
 
-def _wheel(args, runner: Runner) -> str:
-    if args.wheel:
-        return args.wheel
-    return slices.build_wheel(args.source, args.wheel_dir, runner)
-
-
 def make_backend(args, settings, registry, runner: Runner):
     """(backend, how many runs it takes at once) for args.backend ('gcloud' or 'xpk')."""
     from moe_jax.tpu.cli import _NAME
@@ -66,8 +60,9 @@ def make_backend(args, settings, registry, runner: Runner):
     if args.backend == "gcloud":
         if args.slices < 1:
             raise UserError(f"--slices must be ≥ 1, got {args.slices}")
-        backend = GcloudBackend(settings, accelerator, runner, prefix, args.slices, _wheel(args, runner))
-        return backend, args.slices
-    script_dir = "" if settings.docker_image else os.path.dirname(_wheel(args, runner)) or "."
+        wheel = slices.local_wheel(args.wheel, args.source, args.wheel_dir, runner)
+        return GcloudBackend(settings, accelerator, runner, prefix, args.slices, wheel), args.slices
+    wheel = "" if settings.docker_image else slices.local_wheel(args.wheel, args.source, args.wheel_dir, runner)
+    script_dir = (os.path.dirname(wheel) or ".") if wheel else ""
     backend = XpkBackend(settings, accelerator, runner, prefix, args.max_restarts, script_dir)
     return backend, args.parallel or UNLIMITED

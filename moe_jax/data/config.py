@@ -9,6 +9,7 @@ from pathlib import Path
 import ml_collections
 
 from moe_jax.errors import ConfigError, UserError
+from moe_jax.paths import is_remote
 
 TASKS = ("fixture", "gutenberg_poetry", "c4_en", "fineweb_edu")
 BUILTIN_VOCAB_SIZES = (8192, 2048)
@@ -98,6 +99,9 @@ def validate_data_config(cfg) -> None:
     if cfg.task == "c4_en" and not cfg.max_cache_tokens:
         raise ConfigError("data.task='c4_en' needs data.max_cache_tokens > 0 (tokens to cache from its 156 B; "
                           "e.g. the run's token budget): the whole split would take days to tokenize")
+    if is_remote(cfg.data_dir):
+        raise ConfigError(f"data.data_dir={cfg.data_dir!r} must be on the local disk: token caches are memory-mapped "
+                          f"files (data.vocab_path and data.fineweb_path may be gs:// paths)")
     if cfg.task == "fineweb_edu" and not cfg.fineweb_path:
         raise ConfigError("data.task='fineweb_edu' needs data.fineweb_path = a directory or glob of "
                           "FineWeb-Edu *.parquet/*.jsonl shards")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from moe_jax.errors import UserError
+from moe_jax.paths import open_existing, user_path
 from moe_jax.scaling import constants, optimal
 from moe_jax.scaling.counting import format_count
 from moe_jax.scaling.law import law_from_dict
@@ -98,7 +99,8 @@ class Verdict:
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text())
+        with open_existing(path) as f:
+            data = json.loads(f.read())
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: {what}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -111,12 +113,13 @@ def _read_json(path: Path, what: str) -> dict:
 def load_evidence(directory) -> Evidence:
     """runs.csv (`moe-jax sweep collect`), fit.json (`moe-jax fit --out`) and, if present, reuse.json
     (`moe-jax reuse-report --json`) from one directory."""
-    directory = Path(directory)
+    directory = user_path(directory)  # local or gs://
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory with runs.csv and fit.json")
     csv = directory / "runs.csv"
     try:
-        runs = pd.read_csv(csv)
+        with open_existing(csv) as f:
+            runs = pd.read_csv(f)
     except FileNotFoundError:
         raise UserError(f"{csv} does not exist: write it with `moe-jax sweep collect --out`") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:

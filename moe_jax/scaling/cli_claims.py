@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     block = to_markdown(evidence, verdicts)
     if args.update:
-        path = Path(args.update)
+        path = user_path(args.update)  # local or gs://
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as err:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from moe_jax.errors import UserError, warn
+from moe_jax.paths import user_path
 from moe_jax.scaling.fit import WEIGHT_MODES, FitSettings, fit, write_result
 from moe_jax.scaling.fit_data import LAW_KINDS, load_runs
 from moe_jax.scaling.fit_grids import GRID_NAMES
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _prepare_out(out: str) -> Path:
-    path = Path(out)
+    """The --out directory, local or gs:// (never pathlib for gs://: that would be a local 'gs:/' folder)."""
+    path = user_path(out)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     try:

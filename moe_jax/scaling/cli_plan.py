@@ -161,14 +161,13 @@ def format_plan(plan: dict) -> str:
 
 def write_plots(plan: dict, args: argparse.Namespace, out_dir: str) -> list[str]:
     """Loss vs FLOPs and N*, D* per E, and the memory-optimal E map, as PNGs in out_dir."""
-    from pathlib import Path
-
+    from moe_jax.paths import user_path
     from moe_jax.scaling import plots
 
     ctx = load_law_context(args.coeffs)
     law = ctx.law
     experts = [r["experts"] for r in plan["compute_optimal"]]
-    out = Path(out_dir)
+    out = user_path(out_dir)  # local or gs://
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

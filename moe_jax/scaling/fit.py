@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 from moe_jax.scaling import constants
 from moe_jax.scaling.fit_data import N_PARAMS, RunData, check_kind, lowest_loss_mask, paper_weights, shape_summary
 from moe_jax.scaling.fit_grids import start_grid
@@ -131,7 +132,8 @@ class FitResult:
 
 
 def write_result(result: FitResult, path) -> Path:
-    path = Path(path)
+    """Write the result as JSON (the --coeffs file) to a local or gs:// path."""
+    path = user_path(path)
     path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return path
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from moe_jax.errors import UserError
+from moe_jax.paths import open_existing, user_path
 from moe_jax.scaling import constants
 from moe_jax.scaling.counting import ModelShape
 from moe_jax.scaling.fitted_range import FittedRange
@@ -69,9 +69,10 @@ def check_kind(kind: str) -> None:
 def load_runs(path, kind: str) -> RunData:
     """Read and validate a runs CSV for a law of `kind` ('chinchilla' or 'joint')."""
     check_kind(kind)
-    path = Path(path)
+    path = user_path(path)
     try:
-        df = pd.read_csv(path)
+        with open_existing(path) as f:
+            df = pd.read_csv(f)
     except FileNotFoundError:
         raise UserError(f"runs file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:

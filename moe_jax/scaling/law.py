@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 from moe_jax.scaling import constants
 
 CHINCHILLA_KEYS = ("A", "alpha", "B", "beta", "C")
@@ -162,7 +162,7 @@ def load_law_document(spec: str) -> tuple[ChinchillaLaw | JointLaw, dict | None]
     """The law of `spec` (see load_law) and the whole JSON object it came from (None for a named set)."""
     if spec in NAMED_SETS:
         return NAMED_SETS[spec](), None
-    path = Path(spec)
+    path = user_path(spec)  # a local file or gs://BUCKET/fit.json
     if not path.exists():
         if path.suffix.lower() == ".json" or "/" in spec or "\\" in spec:
             raise UserError(f"coefficient file {spec} not found: give an existing JSON file from `moe-jax fit` "

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 from moe_jax.scaling import constants, counting
 from moe_jax.scaling.law import load_law
 from moe_jax.scaling.shape_rule import PAPER_RULE, ShapeRule
@@ -108,8 +109,9 @@ def data_section(vocab: int) -> dict[str, str]:
 
 
 def write_plan_config(plan: dict, recommended: dict, path) -> Path:
-    """Write the recommended configuration of `plan` (build_plan's dict) as a train config .py at `path`."""
-    path = Path(path)
+    """Write the recommended configuration of `plan` (build_plan's dict) as a train config .py at `path`
+    (local or gs://)."""
+    path = user_path(path)
     if path.suffix != ".py":
         raise UserError(f"--write-config {path} must name a .py file (a config with get_config())")
     values = config_values(plan, recommended)

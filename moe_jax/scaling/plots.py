@@ -7,6 +7,7 @@ compute-optimal N*(F) and D*(F) per E, and the memory-optimal E over a (FLOPs ×
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 from moe_jax.scaling import constants, optimal
 from moe_jax.scaling.counting import format_count
 from moe_jax.scaling.shape_rule import PAPER_RULE, ShapeRule
@@ -44,11 +46,13 @@ def _run_arrays(runs, heldout_mask):
 
 
 def save_figure(fig: Figure, path) -> Path:
-    """Write a figure as PNG (parents created); an unwritable path is a UserError."""
-    path = Path(path)
+    """Write a figure as PNG (parents created) to a local or gs:// path; an unwritable path is a UserError."""
+    path = user_path(path)  # local or gs://: rendered to bytes, written through the path object
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix[1:].lower() or None, dpi=120, bbox_inches="tight")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        path.write_bytes(image.getvalue())
     except OSError as err:
         raise UserError(f"cannot write plot {path}: {err.strerror}") from None
     return path

@@ -91,7 +91,10 @@ def builtin_grids() -> list[str]:
 def load_grid(spec: str) -> Grid:
     """A grid by built-in name ('smoke', 'cpu', 'paper') or the path of a .py file (optionally with ':arg')."""
     from moe_jax.configlib import load_config
+    from moe_jax.paths import require_local
 
+    require_local(spec, "grid", "grid files are Python read from this machine; copy it here first "
+                  "(gcloud storage cp) and pass the local path")
     path = spec.partition(":")[0]
     if not os.path.isfile(path):
         if path not in builtin_grids():

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from moe_jax.errors import UserError
+from moe_jax.paths import require_local
 from moe_jax.sweep.files import LOCAL, join
 from moe_jax.sweep.grid import RunSpec
 
@@ -85,6 +86,13 @@ def point_exists(workdir: str, tokens: int, files=LOCAL) -> bool:
     return files.exists(join(workdir, POINTS_DIR, str(tokens), "meta"))
 
 
+def _local_dir(sweep_dir) -> Path:
+    """The sweep directory, absolute; a gs:// one is a one-line UserError (SQLite and file locks need a disk)."""
+    require_local(sweep_dir, "sweep directory (--dir)", "it holds the SQLite registry and the launcher's lock; "
+                  "put the run workdirs in a bucket with `moe-jax sweep plan --runs-root gs://BUCKET/PATH`")
+    return Path(sweep_dir).absolute()
+
+
 class Registry:
     """The SQLite registry of one sweep directory."""
 
@@ -95,7 +103,7 @@ class Registry:
     @classmethod
     def create(cls, sweep_dir, runs: list[RunSpec], meta: dict) -> "Registry":
         """A new registry holding `runs` (all pending); UserError if `sweep_dir` already has one."""
-        sweep_dir = Path(sweep_dir).absolute()
+        sweep_dir = _local_dir(sweep_dir)
         if (sweep_dir / DB_NAME).exists():
             raise UserError(f"{sweep_dir} already holds a sweep ({DB_NAME}); use a new --dir, or "
                             f"`moe-jax sweep run --dir {sweep_dir}` to continue it")
@@ -123,7 +131,7 @@ class Registry:
     @classmethod
     def open(cls, sweep_dir, *, recreate: bool = False) -> "Registry":
         """The registry of `sweep_dir`; with `recreate`, rebuilt from DIR/plan.json when the file is missing."""
-        sweep_dir = Path(sweep_dir).absolute()
+        sweep_dir = _local_dir(sweep_dir)
         path = sweep_dir / DB_NAME
         if not path.exists():
             plan = sweep_dir / PLAN_NAME

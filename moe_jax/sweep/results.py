@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 from moe_jax.sweep.files import LOCAL, join
 
 # vocab last: columns added later go at the end so that readers of the older layout keep working.
@@ -79,13 +81,14 @@ def write_csv(rows: list[dict], out) -> Path:
     """Write the rows (CSV_COLUMNS) to `out`; UserError when nothing is finished or the file cannot be written."""
     if not rows:
         raise UserError("no finished branch or control runs to collect yet; see `moe-jax sweep status`")
-    out = Path(out)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    out = user_path(out)  # a local file or gs://BUCKET/runs.csv
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+        out.write_text(table.getvalue())
     except OSError as err:
         raise UserError(f"cannot write {out}: {err.strerror}") from None
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moe_jax.paths import is_remote
 from moe_jax.sweep.grid import KINDS
 
 
@@ -13,6 +14,8 @@ def _tokens_so_far(record) -> int:
     spec = record.spec
     if record.state == "done":
         return spec.budget - spec.start_tokens
+    if is_remote(spec.workdir):  # a running run in a bucket: counted when done (no slow GCS read per status)
+        return 0
     path = Path(spec.workdir) / "metrics.jsonl"
     try:
         with path.open("rb") as f:

@@ -14,9 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", default=None, help="multi-host: HOST:PORT of process 0 (with --num-processes, --process-id)")
     parser.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+    parser.add_argument("--multi-host", action="store_true",
+                        help="multi-host: call jax.distributed.initialize() and let JAX detect the cluster "
+                             "(Cloud TPU VM metadata, GKE); `moe-jax tpu run` and TPU sweeps pass it")
     parser.epilog = ("Override any field with --config.SECTION.FIELD=VALUE, e.g. --config.train.steps=100 or "
-                     "--config.mesh.data=2 --config.mesh.expert=4. On a multi-host Cloud TPU VM slice, "
-                     "jax.distributed starts by itself; elsewhere pass --coordinator/--num-processes/--process-id.")
+                     "--config.mesh.data=2 --config.mesh.expert=4. On a multi-host Cloud TPU slice pass --multi-host "
+                     "(started by itself when TPU_WORKER_HOSTNAMES lists several workers); elsewhere pass "
+                     "--coordinator/--num-processes/--process-id.")
 
 
 def enable_compilation_cache() -> None:
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
     config = load_config(args.config, extra)
-    initialize(args.coordinator, args.num_processes, args.process_id)
+    initialize(args.coordinator, args.num_processes, args.process_id, multi_host=args.multi_host)
     enable_compilation_cache()
     summary = train(config, args.workdir)
     if summary["preempted"]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from moe_jax.errors import UserError
+from moe_jax.paths import user_path
 from moe_jax.scaling.counting import format_count
 from moe_jax.train.metrics import read_metrics
 
@@ -69,7 +70,7 @@ def demo_runs(configs: list, workdir: str, seeds: int) -> list[tuple[str, int, o
             config.train.seed, config.data.seed = seed, seed
             e = config.model.experts
             name = "dense" if e == 1 else f"moe_e{e}"
-            runs.append((name, seed, config, Path(workdir) / f"{name}_s{seed}"))
+            runs.append((name, seed, config, user_path(workdir) / f"{name}_s{seed}"))
     return runs
 
 
@@ -113,7 +114,7 @@ def plot_demo(summaries: list[dict], workdir: str) -> Path:
     from moe_jax.train.curves import plot_run_curves
 
     runs = [(s["name"], s["seed"], s["workdir"]) for s in summaries]
-    return plot_run_curves(runs, Path(workdir) / "curves.png", title=verdict(summaries))
+    return plot_run_curves(runs, user_path(workdir) / "curves.png", title=verdict(summaries))
 
 
 def paired_gaps(summaries: list[dict]) -> tuple[list[float], float]:
