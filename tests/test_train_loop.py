@@ -345,3 +345,63 @@ def test_a_workdir_of_unstacked_layers_gets_a_clear_message(reference_run, tmp_p
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="older moe_jax that kept one parameter tree per layer"):
         train(tiny_config(), tmp_path, data_module=FakeData)
+
+
+@pytest.fixture(scope="module")
+def watched_run(tmp_path_factory, compile_cache):
+    """A 10-step run (log every 5, one save and eval at the end) recording, per train step, every
+    device→host read of a jax.Array, the loop's `to_host` calls, and whether the step's input state was freed."""
+    from jax._src import array as jax_array
+
+    from moe_jax.train import loop
+
+    steps_done, reads, fetches, donated = [0], [], [], []
+    value = jax_array.ArrayImpl._value
+
+    def read(array):
+        reads.append(steps_done[0])
+        return value.fget(array)
+
+    def fetch(tree):
+        fetches.append(steps_done[0])
+        return jax.device_get(tree)
+
+    def watching(*args, **kwargs):
+        step = loop_make_train_step(*args, **kwargs)
+
+        def watched(state, batch, lr):
+            out = step(state, batch, lr)
+            donated.append(_kept_buffers(state))
+            steps_done[0] += 1
+            return out
+
+        return watched
+
+    loop_make_train_step = loop.make_train_step
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "make_train_step", watching)
+        patch.setattr(loop, "to_host", fetch)
+        patch.setattr(jax_array.ArrayImpl, "_value", property(read))
+        config = tiny_config(steps=10, log_every=5, eval_every=0, checkpoint_every=0)
+        summary = train(config, tmp_path_factory.mktemp("watched"), data_module=FakeData)
+    assert summary["steps"] == 10
+    return dict(reads=reads, fetches=fetches, donated=donated)
+
+
+def test_metrics_leave_the_device_only_every_log_every_steps(watched_run):
+    """log_every=5 over 10 steps: the guard and metrics are fetched after steps 5 and 10 only (10 also saves
+    and evaluates); no other step reads anything back from the device."""
+    assert sorted(set(watched_run["fetches"])) == [5, 10]
+    assert set(watched_run["reads"]) - {0} == {5, 10}  # 0: building and restoring, before the first step
+
+
+def _kept_buffers(state) -> list[str]:
+    """Paths of the state's arrays still alive after a step; the learning-rate hyperparameter (a new
+    value every step, aliased to no output) is always kept."""
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [jax.tree_util.keystr(p) for p, x in paths if not x.is_deleted() and "hyperparams" not in jax.tree_util.keystr(p)]
+
+
+def test_the_loop_donates_its_state_to_the_train_step(watched_run):
+    """Every step frees the previous parameters, Adam moments and RNG (XLA reuses their buffers)."""
+    assert watched_run["donated"] == [[]] * 10
