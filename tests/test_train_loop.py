@@ -24,7 +24,7 @@ from moe_jax.train.loop import EXIT_PREEMPTED, TrainingDiverged, train
 from moe_jax.train.metrics import read_events, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_helpers import VOCAB, FakeData, fixture_config, tiny_config  # noqa: E402
+from test_train_helpers import VOCAB, FakeData, assert_resumed, fixture_config, tiny_config  # noqa: E402
 
 LOSS_KEYS = ("loss", "ce", "aux_loss", "load_balance_loss", "z_loss", "dropped_fraction", "load_imbalance",
              "router_entropy", "grad_norm", "lr", "tokens", "batch_size")
@@ -75,12 +75,6 @@ def _assert_same_run_state(workdir, ref_dir):
         _assert_same_params(a[part], b[part])
     meta_a, meta_b = _final_meta(workdir), _final_meta(ref_dir)
     assert meta_a["data"] == meta_b["data"] and meta_a["tokens"] == meta_b["tokens"]
-
-
-def _assert_resumed(summary, total_steps: int = 12):
-    """The restarted process restored a checkpoint (step N > 0) and trained fewer steps than a full run."""
-    assert 0 < summary["start_step"] < total_steps, summary["start_step"]
-    assert summary["steps"] == total_steps
 
 
 def _metric_rows(workdir):
@@ -181,7 +175,7 @@ def test_sigkill_then_restart_gives_identical_params_and_metrics(reference_run, 
     code, err = _kill_midway(script, workdir, signal.SIGKILL, min_rows=5, seed=1)
     assert code == -signal.SIGKILL, err[-2000:]
     summary = train(tiny_config(), workdir, data_module=FakeData)
-    _assert_resumed(summary)
+    assert_resumed(summary)
     assert summary["final_eval_loss"] == ref["final_eval_loss"]
     _assert_same_run_state(workdir, ref_dir)
     assert _metric_rows(workdir) == _metric_rows(ref_dir)
@@ -197,7 +191,7 @@ def test_sigkill_during_saves_then_restart_is_exact(reference_run, tmp_path, see
     code, err = _kill_midway(_child_script(tmp_path, overrides), workdir, signal.SIGKILL, min_rows=3 + seed, seed=seed)
     assert code == -signal.SIGKILL, err[-2000:]
     summary = train(tiny_config(**overrides), workdir, data_module=FakeData)
-    _assert_resumed(summary)
+    assert_resumed(summary)
     _assert_same_run_state(workdir, ref_dir)
     assert _metric_rows(workdir) == _metric_rows(ref_dir)
 
@@ -219,7 +213,7 @@ def test_sigkill_on_the_real_data_pipeline_resumes_params_optimizer_and_data_pos
     code, err = _kill_midway(script, workdir, signal.SIGKILL, min_rows=6, seed=2)
     assert code == -signal.SIGKILL, err[-2000:]
     summary = train(fixture_config(data_dir), workdir)
-    _assert_resumed(summary)
+    assert_resumed(summary)
     assert summary["final_eval_loss"] == ref["final_eval_loss"]
     _assert_same_run_state(workdir, ref_dir)
     assert _final_meta(workdir)["data"]["position"] > 0
@@ -235,7 +229,7 @@ def test_sigterm_saves_and_the_rerun_finishes_identically(reference_run, tmp_pat
     assert len(saved) == 1 and 3 <= saved[0] < 12
     summary = train(tiny_config(**overrides), workdir, data_module=FakeData)
     assert summary["start_step"] == saved[0]  # restored the SIGTERM save, trained only the rest
-    _assert_resumed(summary)
+    assert_resumed(summary)
     _assert_same_run_state(workdir, ref_dir)
 
 
@@ -405,3 +399,22 @@ def _kept_buffers(state) -> list[str]:
 def test_the_loop_donates_its_state_to_the_train_step(watched_run):
     """Every step frees the previous parameters, Adam moments and RNG (XLA reuses their buffers)."""
     assert watched_run["donated"] == [[]] * 10
+
+
+@pytest.mark.parametrize("form", ["WORKDIR:STEP", "TRUNK@TOKENS"])
+def test_init_from_a_run_of_unstacked_layers_gets_the_same_clear_message(reference_run, tmp_path, form):
+    """A branch source written before layers were stacked is refused in one line before anything is written."""
+    from moe_jax.errors import ConfigError
+    from moe_jax.train.branching import points_dir
+
+    source = tmp_path / "old"
+    (source / "checkpoints" / "8").mkdir(parents=True)
+    (points_dir(source) / "512" / "meta").mkdir(parents=True)  # a branch point at 512 tokens
+    config = json.loads((reference_run[0] / "config.json").read_text())
+    del config["model"]["scan_layers"]  # as written before layers were stacked
+    (source / "config.json").write_text(json.dumps(config))
+    spec = f"{source}:8" if form == "WORKDIR:STEP" else f"{source}@512"
+    with pytest.raises(ConfigError, match="older moe_jax that kept one parameter tree per layer") as info:
+        train(tiny_config(init_from=spec), tmp_path / "branch", data_module=FakeData)
+    assert str(info.value).startswith(f"train.init_from={spec!r}: ") and "\n" not in str(info.value)
+    assert not (tmp_path / "branch").exists()
