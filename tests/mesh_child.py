@@ -26,6 +26,9 @@ from moe_jax.train.config import train_config  # noqa: E402
 from moe_jax.train.optimizer import make_optimizer  # noqa: E402
 from moe_jax.train.steps import _forward_loss, init_train_state, make_train_step  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_train_helpers import kept_buffers  # noqa: E402
+
 MESHES = {"data2_expert4": dict(data=2, expert=4), "fsdp8": dict(data=1, fsdp=8), "expert8": dict(data=1, expert=8),
           "fsdp2_expert4": dict(data=1, fsdp=2, expert=4),
           "data2_expert2_tensor2": dict(data=2, expert=2, tensor=2)}  # 2 token groups per device, tensor peers
@@ -79,9 +82,8 @@ def train_step_result(cfg, mesh=None) -> dict:
     step = make_train_step(graphdef, rest, opt, **kwargs)
     data = batch() if mesh is None else jax.device_put(batch(), batch_sharding(mesh))
     new_state, out = step(state, data, np.float32(1e-3))
-    kept = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(state)[0] if not x.is_deleted()]
     return dict(loss=float(out["loss"]), grad_norm=float(out["grad_norm"]), before=before,
-                after=jax.device_get(new_state), kept=kept)
+                after=jax.device_get(new_state), kept=kept_buffers(state))
 
 
 def compare_steps(single: dict, sharded: dict) -> dict:
@@ -91,7 +93,8 @@ def compare_steps(single: dict, sharded: dict) -> dict:
     update = lambda r: jax.tree.map(np.subtract, r["after"]["params"], r["before"]["params"])  # noqa: E731
     return dict(loss_rel=abs(sharded["loss"] / single["loss"] - 1),
                 grad_norm_rel=abs(sharded["grad_norm"] / single["grad_norm"] - 1),
-                grads_rel=rel(adam(sharded).mu, adam(single).mu), second_moment_rel=rel(adam(sharded).nu, adam(single).nu),
+                grads_rel=rel(adam(sharded).mu, adam(single).mu),
+                second_moment_rel=rel(adam(sharded).nu, adam(single).nu),
                 params_rel=rel(sharded["after"]["params"], single["after"]["params"]),
                 update_rel=rel(update(sharded), update(single)), kept=sharded["kept"], kept_single=single["kept"])
 

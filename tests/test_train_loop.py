@@ -24,7 +24,7 @@ from moe_jax.train.loop import EXIT_PREEMPTED, TrainingDiverged, train
 from moe_jax.train.metrics import read_events, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_helpers import VOCAB, FakeData, assert_resumed, fixture_config, tiny_config  # noqa: E402
+from test_train_helpers import VOCAB, FakeData, assert_resumed, fixture_config, kept_buffers, tiny_config  # noqa: E402
 
 LOSS_KEYS = ("loss", "ce", "aux_loss", "load_balance_loss", "z_loss", "dropped_fraction", "load_imbalance",
              "router_entropy", "grad_norm", "lr", "tokens", "batch_size")
@@ -349,7 +349,7 @@ def watched_run(tmp_path_factory, compile_cache):
 
     from moe_jax.train import loop
 
-    steps_done, reads, fetches, donated = [0], [], [], []
+    steps_done, reads, fetches, kept = [0], [], [], []
     value = jax_array.ArrayImpl._value
 
     def read(array):
@@ -365,7 +365,7 @@ def watched_run(tmp_path_factory, compile_cache):
 
         def watched(state, batch, lr):
             out = step(state, batch, lr)
-            donated.append(_kept_buffers(state))
+            kept.append(kept_buffers(state))
             steps_done[0] += 1
             return out
 
@@ -379,7 +379,7 @@ def watched_run(tmp_path_factory, compile_cache):
         config = tiny_config(steps=10, log_every=5, eval_every=0, checkpoint_every=0)
         summary = train(config, tmp_path_factory.mktemp("watched"), data_module=FakeData)
     assert summary["steps"] == 10
-    return dict(reads=reads, fetches=fetches, donated=donated)
+    return dict(reads=reads, fetches=fetches, kept=kept)
 
 
 def test_metrics_leave_the_device_only_every_log_every_steps(watched_run):
@@ -389,16 +389,10 @@ def test_metrics_leave_the_device_only_every_log_every_steps(watched_run):
     assert set(watched_run["reads"]) - {0} == {5, 10}  # 0: building and restoring, before the first step
 
 
-def _kept_buffers(state) -> list[str]:
-    """Paths of the state's arrays still alive after a step; the learning-rate hyperparameter (a new
-    value every step, aliased to no output) is always kept."""
-    paths = jax.tree_util.tree_flatten_with_path(state)[0]
-    return [jax.tree_util.keystr(p) for p, x in paths if not x.is_deleted() and "hyperparams" not in jax.tree_util.keystr(p)]
-
-
 def test_the_loop_donates_its_state_to_the_train_step(watched_run):
-    """Every step frees the previous parameters, Adam moments and RNG (XLA reuses their buffers)."""
-    assert watched_run["donated"] == [[]] * 10
+    """Every step frees the previous parameters, Adam moments and RNG (XLA reuses their buffers); only the
+    injected learning rate, a fresh scalar each step aliased to no output, stays."""
+    assert watched_run["kept"] == [["['opt_state'].hyperparams['learning_rate']"]] * 10
 
 
 @pytest.mark.parametrize("form", ["WORKDIR:STEP", "TRUNK@TOKENS"])

@@ -268,7 +268,7 @@ class _NoMetrics:
 
 
 def to_host(tree):
-    """The loop's one device→host copy of the NaN guard and the step metrics; called at log, eval and save steps."""
+    """The loop's one device→host copy (NaN guard, step metrics); called at log, eval, save and branch-point steps."""
     return jax.device_get(tree)
 
 
