@@ -26,6 +26,9 @@ from moe_jax.train.config import train_config  # noqa: E402
 from moe_jax.train.optimizer import make_optimizer  # noqa: E402
 from moe_jax.train.steps import _forward_loss, init_train_state, make_train_step  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_train_helpers import kept_buffers  # noqa: E402
+
 MESHES = {"data2_expert4": dict(data=2, expert=4), "fsdp8": dict(data=1, fsdp=8), "expert8": dict(data=1, expert=8),
           "fsdp2_expert4": dict(data=1, fsdp=2, expert=4),
           "data2_expert2_tensor2": dict(data=2, expert=2, tensor=2)}  # 2 token groups per device, tensor peers
@@ -69,15 +72,31 @@ def loss_and_grads(cfg, mesh=None):
     return float(loss), float(aux["dropped_fraction"]), grads, hlo
 
 
-def train_step_metrics(cfg, mesh=None):
-    """Loss and grad_norm of one real train step (sharded and donated under a mesh)."""
+def train_step_result(cfg, mesh=None) -> dict:
+    """One real train step (sharded by the rules and donated under a mesh): its metrics, the state before and
+    after it on the host, and the paths of input buffers the step left alive (donation frees them)."""
     opt = make_optimizer(train_config())
     graphdef, rest, state = init_train_state(build_model, cfg, 0, opt, mesh=mesh)
+    before = jax.tree.map(np.array, state)  # copies: a zero-copy host view would pin a buffer and block donation
     kwargs = {} if mesh is None else dict(mesh=mesh, state_sharding=state_shardings(state, mesh), donate=True)
     step = make_train_step(graphdef, rest, opt, **kwargs)
     data = batch() if mesh is None else jax.device_put(batch(), batch_sharding(mesh))
-    _, out = step(state, data, np.float32(1e-3))
-    return float(out["loss"]), float(out["grad_norm"])
+    new_state, out = step(state, data, np.float32(1e-3))
+    return dict(loss=float(out["loss"]), grad_norm=float(out["grad_norm"]), before=before,
+                after=jax.device_get(new_state), kept=kept_buffers(state))
+
+
+def compare_steps(single: dict, sharded: dict) -> dict:
+    """Relative differences of a sharded train step from the one-device step; Adam's first moment after one
+    step is (1 - β1) · the clipped gradient, so `grads_rel` compares the gradients leaf by leaf."""
+    adam = lambda r: r["after"]["opt_state"].inner_state[1][0]  # noqa: E731
+    update = lambda r: jax.tree.map(np.subtract, r["after"]["params"], r["before"]["params"])  # noqa: E731
+    return dict(loss_rel=abs(sharded["loss"] / single["loss"] - 1),
+                grad_norm_rel=abs(sharded["grad_norm"] / single["grad_norm"] - 1),
+                grads_rel=rel(adam(sharded).mu, adam(single).mu),
+                second_moment_rel=rel(adam(sharded).nu, adam(single).nu),
+                params_rel=rel(sharded["after"]["params"], single["after"]["params"]),
+                update_rel=rel(update(sharded), update(single)), kept=sharded["kept"], kept_single=single["kept"])
 
 
 def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes, *, axis_name):
@@ -144,8 +163,7 @@ def equality(cases: list[str]) -> dict:
             continue
         mesh = build_mesh(mesh_config(**MESHES[name]))
         if kind == "step":
-            (loss0, norm0), (loss, norm) = train_step_metrics(tiny()), train_step_metrics(tiny(), mesh)
-            result[case] = dict(loss_rel=abs(loss / loss0 - 1), grad_norm_rel=abs(norm / norm0 - 1))
+            result[case] = compare_steps(train_step_result(tiny()), train_step_result(tiny(), mesh))
             continue
         if kind not in reference:
             reference[kind] = loss_and_grads(tiny(dispatch=kind))

@@ -93,6 +93,20 @@ def tiny_config(experts: int = 4, **train_overrides) -> ml_collections.ConfigDic
     return config
 
 
+def kept_buffers(state) -> list[str]:
+    """Paths of the arrays in `state` still alive (not deleted): after a donating step, what was not donated."""
+    import jax
+
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [jax.tree_util.keystr(path) for path, x in flat if not x.is_deleted()]
+
+
+def assert_resumed(summary: dict, total_steps: int = 12) -> None:
+    """The restarted process restored a checkpoint (step N > 0) and trained fewer steps than a full run."""
+    assert 0 < summary["start_step"] < total_steps, summary["start_step"]
+    assert summary["steps"] == total_steps
+
+
 def fixture_config(data_dir, **train_overrides) -> ml_collections.ConfigDict:
     """`tiny_config` on the real data pipeline: the committed fixture corpus, 2 k SentencePiece vocabulary."""
     from moe_jax.data.config import data_config

@@ -24,7 +24,7 @@ from moe_jax.train.loop import EXIT_PREEMPTED, TrainingDiverged, train
 from moe_jax.train.metrics import read_events, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_helpers import VOCAB, FakeData, fixture_config, tiny_config  # noqa: E402
+from test_train_helpers import VOCAB, FakeData, assert_resumed, fixture_config, kept_buffers, tiny_config  # noqa: E402
 
 LOSS_KEYS = ("loss", "ce", "aux_loss", "load_balance_loss", "z_loss", "dropped_fraction", "load_imbalance",
              "router_entropy", "grad_norm", "lr", "tokens", "batch_size")
@@ -75,12 +75,6 @@ def _assert_same_run_state(workdir, ref_dir):
         _assert_same_params(a[part], b[part])
     meta_a, meta_b = _final_meta(workdir), _final_meta(ref_dir)
     assert meta_a["data"] == meta_b["data"] and meta_a["tokens"] == meta_b["tokens"]
-
-
-def _assert_resumed(summary, total_steps: int = 12):
-    """The restarted process restored a checkpoint (step N > 0) and trained fewer steps than a full run."""
-    assert 0 < summary["start_step"] < total_steps, summary["start_step"]
-    assert summary["steps"] == total_steps
 
 
 def _metric_rows(workdir):
@@ -181,7 +175,7 @@ def test_sigkill_then_restart_gives_identical_params_and_metrics(reference_run, 
     code, err = _kill_midway(script, workdir, signal.SIGKILL, min_rows=5, seed=1)
     assert code == -signal.SIGKILL, err[-2000:]
     summary = train(tiny_config(), workdir, data_module=FakeData)
-    _assert_resumed(summary)
+    assert_resumed(summary)
     assert summary["final_eval_loss"] == ref["final_eval_loss"]
     _assert_same_run_state(workdir, ref_dir)
     assert _metric_rows(workdir) == _metric_rows(ref_dir)
@@ -197,7 +191,7 @@ def test_sigkill_during_saves_then_restart_is_exact(reference_run, tmp_path, see
     code, err = _kill_midway(_child_script(tmp_path, overrides), workdir, signal.SIGKILL, min_rows=3 + seed, seed=seed)
     assert code == -signal.SIGKILL, err[-2000:]
     summary = train(tiny_config(**overrides), workdir, data_module=FakeData)
-    _assert_resumed(summary)
+    assert_resumed(summary)
     _assert_same_run_state(workdir, ref_dir)
     assert _metric_rows(workdir) == _metric_rows(ref_dir)
 
@@ -219,7 +213,7 @@ def test_sigkill_on_the_real_data_pipeline_resumes_params_optimizer_and_data_pos
     code, err = _kill_midway(script, workdir, signal.SIGKILL, min_rows=6, seed=2)
     assert code == -signal.SIGKILL, err[-2000:]
     summary = train(fixture_config(data_dir), workdir)
-    _assert_resumed(summary)
+    assert_resumed(summary)
     assert summary["final_eval_loss"] == ref["final_eval_loss"]
     _assert_same_run_state(workdir, ref_dir)
     assert _final_meta(workdir)["data"]["position"] > 0
@@ -235,7 +229,7 @@ def test_sigterm_saves_and_the_rerun_finishes_identically(reference_run, tmp_pat
     assert len(saved) == 1 and 3 <= saved[0] < 12
     summary = train(tiny_config(**overrides), workdir, data_module=FakeData)
     assert summary["start_step"] == saved[0]  # restored the SIGTERM save, trained only the rest
-    _assert_resumed(summary)
+    assert_resumed(summary)
     _assert_same_run_state(workdir, ref_dir)
 
 
@@ -345,3 +339,76 @@ def test_a_workdir_of_unstacked_layers_gets_a_clear_message(reference_run, tmp_p
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="older moe_jax that kept one parameter tree per layer"):
         train(tiny_config(), tmp_path, data_module=FakeData)
+
+
+@pytest.fixture(scope="module")
+def watched_run(tmp_path_factory, compile_cache):
+    """A 10-step run (log every 5, one save and eval at the end) recording, per train step, every
+    device→host read of a jax.Array, the loop's `to_host` calls, and whether the step's input state was freed."""
+    from jax._src import array as jax_array
+
+    from moe_jax.train import loop
+
+    steps_done, reads, fetches, kept = [0], [], [], []
+    value = jax_array.ArrayImpl._value
+
+    def read(array):
+        reads.append(steps_done[0])
+        return value.fget(array)
+
+    def fetch(tree):
+        fetches.append(steps_done[0])
+        return jax.device_get(tree)
+
+    def watching(*args, **kwargs):
+        step = loop_make_train_step(*args, **kwargs)
+
+        def watched(state, batch, lr):
+            out = step(state, batch, lr)
+            kept.append(kept_buffers(state))
+            steps_done[0] += 1
+            return out
+
+        return watched
+
+    loop_make_train_step = loop.make_train_step
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "make_train_step", watching)
+        patch.setattr(loop, "to_host", fetch)
+        patch.setattr(jax_array.ArrayImpl, "_value", property(read))
+        config = tiny_config(steps=10, log_every=5, eval_every=0, checkpoint_every=0)
+        summary = train(config, tmp_path_factory.mktemp("watched"), data_module=FakeData)
+    assert summary["steps"] == 10
+    return dict(reads=reads, fetches=fetches, kept=kept)
+
+
+def test_metrics_leave_the_device_only_every_log_every_steps(watched_run):
+    """log_every=5 over 10 steps: the guard and metrics are fetched after steps 5 and 10 only (10 also saves
+    and evaluates); no other step reads anything back from the device."""
+    assert sorted(set(watched_run["fetches"])) == [5, 10]
+    assert set(watched_run["reads"]) - {0} == {5, 10}  # 0: building and restoring, before the first step
+
+
+def test_the_loop_donates_its_state_to_the_train_step(watched_run):
+    """Every step frees the previous parameters, Adam moments and RNG (XLA reuses their buffers); only the
+    injected learning rate, a fresh scalar each step aliased to no output, stays."""
+    assert watched_run["kept"] == [["['opt_state'].hyperparams['learning_rate']"]] * 10
+
+
+@pytest.mark.parametrize("form", ["WORKDIR:STEP", "TRUNK@TOKENS"])
+def test_init_from_a_run_of_unstacked_layers_gets_the_same_clear_message(reference_run, tmp_path, form):
+    """A branch source written before layers were stacked is refused in one line before anything is written."""
+    from moe_jax.errors import ConfigError
+    from moe_jax.train.branching import points_dir
+
+    source = tmp_path / "old"
+    (source / "checkpoints" / "8").mkdir(parents=True)
+    (points_dir(source) / "512" / "meta").mkdir(parents=True)  # a branch point at 512 tokens
+    config = json.loads((reference_run[0] / "config.json").read_text())
+    del config["model"]["scan_layers"]  # as written before layers were stacked
+    (source / "config.json").write_text(json.dumps(config))
+    spec = f"{source}:8" if form == "WORKDIR:STEP" else f"{source}@512"
+    with pytest.raises(ConfigError, match="older moe_jax that kept one parameter tree per layer") as info:
+        train(tiny_config(init_from=spec), tmp_path / "branch", data_module=FakeData)
+    assert str(info.value).startswith(f"train.init_from={spec!r}: ") and "\n" not in str(info.value)
+    assert not (tmp_path / "branch").exists()

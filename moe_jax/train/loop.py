@@ -193,7 +193,7 @@ class _Runner:
 
     def check_finite(self, guard, lr: float) -> None:
         """Raise TrainingDiverged if any step so far had a non-finite loss, gradient or parameter (one host sync)."""
-        first_bad, loss = (x.item() for x in jax.device_get(guard[1:]))
+        first_bad, loss = (x.item() for x in to_host(guard[1:]))
         if not first_bad:
             return
         good = self.ckpt.steps()
@@ -243,7 +243,7 @@ class _Runner:
 
     def log(self, out, lr: float, batch_size: int, tps: float) -> None:
         pos = self.position
-        row = {k: float(v) for k, v in jax.device_get(out).items() if k != "finite"}
+        row = {k: float(v) for k, v in to_host(out).items() if k != "finite"}
         row.update(lr=lr, tokens=pos.tokens, batch_size=batch_size, tokens_per_s=tps)
         if self.peak:
             row["mfu"] = self.flops_per_token * tps / self.peak
@@ -265,6 +265,11 @@ class _NoMetrics:
 
     def close(self) -> None:
         pass
+
+
+def to_host(tree):
+    """The loop's one device→host copy (NaN guard, step metrics); called at log, eval, save and branch-point steps."""
+    return jax.device_get(tree)
 
 
 @jax.jit

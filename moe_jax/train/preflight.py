@@ -19,6 +19,7 @@ from moe_jax.paths import run_path
 from moe_jax.train import schedules
 from moe_jax.train.branching import parse_point_spec, require_point
 from moe_jax.train.config import validate, validate_vocab_size
+from moe_jax.train.workdir import check_layers_stacked
 
 SHORT_RUN_WARMUP_SHARE = 0.05  # warmup of a run too short for train.warmup_tokens, as a share of its tokens
 
@@ -58,12 +59,14 @@ def _check_init_from(spec: str, total_tokens: int) -> None:
             raise ConfigError(f"train.init_from={spec!r} is at {tokens:,} tokens, past this run's {total_tokens:,}; "
                               f"branch from an earlier point")
         require_point(trunk, tokens)
+        check_layers_stacked(trunk, spec)
         return
     path, _, step = spec.partition(":")
     directory = run_path(path) / "checkpoints"
     if not directory.is_dir():
         raise ConfigError(f"train.init_from={spec!r}: {path} holds no checkpoints/ directory; "
                           f"give WORKDIR[:STEP] of a run that has saved checkpoints")
+    check_layers_stacked(path, spec)
     if step and not step.isdigit():
         raise ConfigError(f"train.init_from={spec!r}: STEP must be a non-negative integer, got {step!r}")
     steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())

@@ -28,6 +28,10 @@ RESUME_MUTABLE = {"train.progress", "train.log_every", "train.tensorboard", "tra
                   "mesh.data", "mesh.fsdp", "mesh.expert", "mesh.tensor"}
 
 
+UNSTACKED_LAYERS = ("was trained by an older moe_jax that kept one parameter tree per layer; this version stacks "
+                    "the layers ([L, ...], model.scan_layers) and cannot restore it")
+
+
 def _flat(tree: dict) -> dict:
     """{'a': {'b': 1}} → {'a.b': 1}; tuples as lists, as JSON stores them."""
     flat = traverse_util.flatten_dict(tree, sep=".")
@@ -90,13 +94,23 @@ def check_config_file(workdir: Path, config) -> None:
     old, new = _flat(old), _flat(_config_json(config))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MUTABLE)
     if "model.scan_layers" in diff and "model.scan_layers" not in old:
-        raise ConfigError(f"workdir {workdir} was trained by an older moe_jax that kept one parameter tree per layer; "
-                          f"this version stacks the layers ([L, ...], model.scan_layers) and cannot restore it: "
-                          f"use a new --workdir")
+        raise ConfigError(f"workdir {workdir} {UNSTACKED_LAYERS}: use a new --workdir")
     if diff:
         k = diff[0]
         raise ConfigError(f"workdir {workdir} holds a run with {k}={old.get(k)!r}, not {new.get(k)!r}; "
                           f"use a new --workdir or the original config ({len(diff)} field(s) differ: {', '.join(diff[:5])})")
+
+
+def check_layers_stacked(source, spec: str) -> None:
+    """ConfigError (one line) when the run in `source` (a train.init_from source) kept one parameter tree per
+    layer: its config.json predates model.scan_layers. A missing or unreadable config.json is left to the restore."""
+    path = run_path(source) / CONFIG_FILE
+    try:
+        model = json.loads(path.read_text()).get("model") if _exists(path) else None
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return
+    if isinstance(model, dict) and "scan_layers" not in model:
+        raise ConfigError(f"train.init_from={spec!r}: {source} {UNSTACKED_LAYERS}; branch from a run of this version")
 
 
 def make_dir(workdir: Path) -> None:
