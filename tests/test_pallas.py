@@ -15,7 +15,7 @@ from moe_jax import cli
 from moe_jax.errors import ConfigError
 from moe_jax.kernels import ragged_dot_triton, resolve_dispatch
 from moe_jax.kernels.fused import expert_order, pallas_moe
-from moe_jax.kernels.gather import gather_sum
+from moe_jax.kernels.gather import gather_sum, gather_sum_plan
 from moe_jax.kernels.gmm import gmm, gmm_plan, tgmm
 from moe_jax.kernels.groups import work_items
 from moe_jax.kernels.megablox import megablox_moe, megablox_moe_tpu
@@ -121,6 +121,35 @@ def test_gather_sum_weights_each_picked_row():
     weight = jax.random.uniform(jax.random.key(6), (11, 3))
     want = np.einsum("tk,tkd->td", np.asarray(weight), np.asarray(src)[np.asarray(index)])
     close(jax.jit(functools.partial(gather_sum, tile_m=TM))(src, index, weight), want)
+    other = jax.random.normal(jax.random.key(7), (11, 16))
+    out, dots = jax.jit(functools.partial(gather_sum, tile_m=TM))(src, index, weight, other=other)
+    close(out, want)
+    close(dots, np.einsum("td,tkd->tk", np.asarray(other), np.asarray(src)[np.asarray(index)]))
+
+
+def all_shapes(jaxpr) -> set:
+    """Shapes of every value computed in a jaxpr, its sub-jaxprs included."""
+    shapes = set()
+    for eqn in jaxpr.eqns:
+        shapes |= {tuple(v.aval.shape) for v in eqn.outvars}
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes |= all_shapes(inner)
+    return shapes
+
+
+def test_fused_backward_builds_no_token_order_copy_of_the_expert_outputs():
+    """d gates are dotted inside the d ys gather: no [T, K, D] copy of the expert outputs exists."""
+    t, k, d = 13, 3, 16
+    idx = np.stack([np.random.default_rng(3).permutation(5)[:k] for _ in range(t)])
+    x, idx, gates, wg, wu, wd = moe_inputs(idx, 5, d=d, f=24)
+    loss = lambda *a: jnp.sum(pallas_moe(*a, tiles=(TM, 0, 0))[0])  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 2, 3, 4, 5)))(x, idx, gates, wg, wu, wd)
+    shapes = all_shapes(jaxpr.jaxpr)
+    assert (t * k, d) in shapes and (t, k) in shapes  # the expert-order rows and the gates' gradient
+    assert (t, k, d) not in shapes
 
 
 def test_bf16_inputs_accumulate_in_f32_and_come_out_bf16():
@@ -342,6 +371,10 @@ def test_byte_counts_from_block_specs():
     rows = jnp.arange(32, dtype=jnp.int32)
     gathered = gmm_plan(32, 16, (2, 16, 24), 2, meta, tiling, rows).hbm_bytes()
     assert gathered == {"read": counted["read"] + rows.nbytes, "written": out}  # same traffic, plus the index
+    index = np.zeros((32, 1), np.int32)  # d ys of 32 sorted rows (top-1), gathered from dy [T, 16]
+    plain, dotted = (gather_sum_plan((32, 16), index, 2, 8, dots).hbm_bytes() for dots in (False, True))
+    assert plain == {"read": index.nbytes + 32 * 4 + 32 * 16 * 2, "written": 32 * 16 * 2}  # index, gates, rows
+    assert dotted == {"read": plain["read"] + 32 * 16 * 2, "written": plain["written"] + 32 * 4}  # + ys, d gates
 
 
 def test_docs_table_is_the_code_output():
