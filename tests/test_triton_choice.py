@@ -164,3 +164,18 @@ def test_model_info_prints_the_measured_choice_next_to_the_dispatch(monkeypatch,
     assert info["dispatch"] == "dropless" and info["ragged_dot_triton"] is True and runner.calls == [False, True]
     key = LayerShape(16 * 128, 128, 384, 8, 1, "float32").key()  # train.batch_size x data.seq_len tokens
     assert json.loads((cache_dir() / CACHE_NAME).read_text())[key]["triton"] is True
+
+
+def test_a_run_started_with_the_old_boolean_default_resumes(tmp_path):
+    """Older workdirs recorded model.ragged_dot_triton = false; the lowering may differ on resume."""
+    from moe_jax.configlib import load_config
+    from moe_jax.train import workdir as run_dir
+
+    config = load_config("tiny")
+    run_dir.claim(tmp_path, config)
+    stored = json.loads((tmp_path / run_dir.CONFIG_FILE).read_text())
+    assert stored["model"]["ragged_dot_triton"] == "auto"
+    stored["model"]["ragged_dot_triton"] = False
+    (tmp_path / run_dir.CONFIG_FILE).write_text(json.dumps(stored))
+    run_dir.check_config_file(tmp_path, config)  # accepted
+    run_dir.check_config_file(tmp_path, load_config("tiny", ["--config.model.ragged_dot_triton=true"]))

@@ -6,8 +6,8 @@
 It brings the experts' outputs back to token order (index = each assignment's row in expert order,
 weight = its gate), and is the backward of a gmm that read its rows through an index: both are
 gathers, so no scatter-add is needed anywhere. With `other` it also returns the dot product of
-each gathered row with `other`'s row (the gates' gradient of the combine), without a [T, K, D] copy. Rows are copied one DMA each from HBM into VMEM;
-the index array is prefetched into SMEM.
+each gathered row with `other`'s row (the gates' gradient of the combine), without a [T, K, D] copy.
+Rows are copied one DMA each from HBM into VMEM; the index array is prefetched into SMEM.
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ def gather_sum(src, index, weight, tile_m: int = 0, interpret=None, other=None):
         out_specs=[block_spec(op) for op in outputs],
         scratch_shapes=[pltpu.VMEM((tt, d), src.dtype), pltpu.SemaphoreType.DMA((1,))],
     )
-    out_shapes = [jax.ShapeDtypeStruct((t, d), src.dtype)] + ([jax.ShapeDtypeStruct((t, k), jnp.float32)] if dots else [])
+    out_shapes = [jax.ShapeDtypeStruct((t, d), src.dtype)]
+    if dots:
+        out_shapes.append(jax.ShapeDtypeStruct((t, k), jnp.float32))
     results = pl.pallas_call(
         functools.partial(_gather_sum_kernel, k=k, dots=dots), grid_spec=grid_spec, out_shape=out_shapes,
         compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",),
