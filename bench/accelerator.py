@@ -11,9 +11,13 @@ ml_collections is imported, and no network is used. Prints one JSON object; ≤ 
   Off TPU the Pallas kernels run in interpret mode, so GPU checks them at T = 4096 and CPU at tiny
   sizes ("no accelerator": the correctness part only, exit 0).
 - timings (ms, one grouped matmul [T, D] x [E, D, F] from tokens in token order): ragged_dot on the
-  permuted copy (GPU: also with the Pallas-Triton lowering), the capacity path's batched einsum
+  permuted copy (GPU: also with the Pallas-Triton lowering, or the error that lowering raised), the
+  capacity path's batched einsum
   [E, C, D] x [E, D, F] (its gather not included), and on TPU our gmm fused (rows read through the
   index) and unfused (permuted copy + gmm) and JAX's megablox gmm (permuted copy + gmm).
+- ragged_dot_triton_auto (GPU): the verdict of `model.ragged_dot_triton=auto` at the train step's
+  layer shape: the dropless layer's forward + backward timed with and without the lowering (cached
+  in ~/.cache/moe_jax/ragged_dot_triton.json; the train step below reuses it).
 - mfu: a d512_E8 train step (bf16, dispatch=auto, 128 x 512 tokens) ÷ the measured bf16 matmul peak.
 """
 
@@ -35,10 +39,12 @@ import numpy as np  # noqa: E402
 from moe_jax.kernels import TRITON_FLAG, get_dispatch, ragged_dot_triton, resolve_dispatch  # noqa: E402
 from moe_jax.kernels.fused import expert_order, pallas_moe  # noqa: E402
 from moe_jax.kernels.gmm import gmm, tgmm  # noqa: E402
+from moe_jax.kernels.triton_choice import LayerShape, cached_verdict  # noqa: E402
 
 FORBIDDEN = ("tensorflow", "seqio", "ml_collections", "tensorflow_datasets")
 PAPER = {"tokens": 65536, "d_model": 1024, "ffn": 3072}
 SIZES = {"tpu": PAPER, "gpu": {**PAPER, "tokens": 4096}, "cpu": {"tokens": 96, "d_model": 128, "ffn": 256}}
+TRAIN_BATCH, TRAIN_SEQ = 128, 512  # the d512_E8 train step
 
 
 def inputs(tokens, d_model, ffn, experts, seed=0):
@@ -101,10 +107,14 @@ def timings(tokens, d_model, ffn, experts, backend) -> dict:
     buffers = jnp.take(x, jnp.arange(experts * c) % tokens, axis=0).reshape(experts, c, d_model)
     ms = {"ragged_dot": timed_ms(jax.jit(lambda a, b: jax.lax.ragged_dot(jnp.take(a, rows, axis=0), b, sizes)), x, wg),
           "capacity_einsum": timed_ms(jax.jit(lambda a, b: jnp.einsum("ecd,edf->ecf", a, b)), buffers, wg)}
+    errors = {}
     if backend == "gpu" and hasattr(jax.config, TRITON_FLAG):
-        with ragged_dot_triton(True):
-            ms["ragged_dot_triton"] = timed_ms(
-                jax.jit(lambda a, b: jax.lax.ragged_dot(jnp.take(a, rows, axis=0), b, sizes)), x, wg)
+        try:
+            with ragged_dot_triton(True):  # the flag is read when lowering: the timed jit call is inside
+                ms["ragged_dot_triton"] = timed_ms(
+                    jax.jit(lambda a, b: jax.lax.ragged_dot(jnp.take(a, rows, axis=0), b, sizes)), x, wg)
+        except Exception as err:  # noqa: BLE001 — JAX 0.10.2 has the flag but not the lowering module
+            errors["ragged_dot_triton"] = " ".join(f"{type(err).__name__}: {err}".split())[:300]
     if backend == "tpu":
         ms["gmm_fused"] = timed_ms(jax.jit(lambda a, b: gmm(a, b, sizes, rows, inverse)), x, wg)
         ms["gmm_unfused"] = timed_ms(jax.jit(lambda a, b: gmm(jnp.take(a, rows, axis=0), b, sizes)), x, wg)
@@ -112,7 +122,13 @@ def timings(tokens, d_model, ffn, experts, backend) -> dict:
                                                                     preferred_element_type=a.dtype)), x, wg)
     flops = 2.0 * tokens * d_model * ffn
     return {"experts": experts, "ms": {k: round(v, 3) for k, v in ms.items()},
-            "tflops": {k: round(flops / v / 1e9, 1) for k, v in ms.items()}}
+            "tflops": {k: round(flops / v / 1e9, 1) for k, v in ms.items()}, **({"errors": errors} if errors else {})}
+
+
+def triton_verdict() -> dict:
+    """`model.ragged_dot_triton=auto` at the train step's layer shape (d512_E8, bf16): measured or cached."""
+    shape = LayerShape(TRAIN_BATCH * TRAIN_SEQ, 512, 1536, 8, 1, "bfloat16")
+    return {"key": shape.key(), **cached_verdict(shape)}
 
 
 class Fields(dict):
@@ -134,7 +150,7 @@ def train_modules():
     return optax, build_model, fill_model_defaults, ModelShape, mfu, steps
 
 
-def train_step_mfu(batch: int = 128, seq: int = 512, steps: int = 5) -> dict:
+def train_step_mfu(batch: int = TRAIN_BATCH, seq: int = TRAIN_SEQ, steps: int = 5) -> dict:
     """MFU of a d512_E8 train step (bf16, dispatch=auto) against the measured bf16 matmul peak."""
     optax, build_model, fill_model_defaults, ModelShape, mfu, train_steps = train_modules()
     shape = ModelShape.paper(512, 8)
@@ -157,6 +173,7 @@ def train_step_mfu(batch: int = 128, seq: int = 512, steps: int = 5) -> dict:
     peak = mfu.measure_matmul_peak("bfloat16")
     return {"config": "d512_E8", "dispatch": resolve_dispatch("auto"), "tokens_per_step": batch * seq,
             "step_ms": round(1e3 * seconds, 2), "model_tflops": round(achieved / 1e12, 2),
+            "ragged_dot_triton": bool(getattr(jax.config, TRITON_FLAG, False)),  # as the step was lowered
             "measured_peak_tflops": round(peak / 1e12, 1), "mfu": round(achieved / peak, 4),
             "loss": float(metrics["loss"])}
 
@@ -176,6 +193,8 @@ def main(argv=None) -> int:
                              for e in experts]
     if backend != "cpu":
         report["timings"] = [timings(**PAPER, experts=e, backend=backend) for e in experts]
+        if backend == "gpu":
+            report["ragged_dot_triton_auto"] = triton_verdict()
         report["train_step"] = train_step_mfu()
     train_modules()  # the whole import path, also where the train step is not run
     report["forbidden_modules_loaded"] = sorted(m for m in FORBIDDEN if m in sys.modules)

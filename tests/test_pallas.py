@@ -1,6 +1,7 @@
 """Pallas kernels (interpret mode on CPU) against jax.lax.ragged_dot and the loop MoE; TPU lowering; bytes."""
 
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from flax import nnx
 
 from moe_jax import cli
 from moe_jax.errors import ConfigError
-from moe_jax.kernels import get_dispatch, ragged_dot_triton, resolve_dispatch
+from moe_jax.kernels import ragged_dot_triton, resolve_dispatch
 from moe_jax.kernels.fused import expert_order, pallas_moe
-from moe_jax.kernels.gather import gather_sum
+from moe_jax.kernels.gather import gather_sum, gather_sum_plan
 from moe_jax.kernels.gmm import gmm, gmm_plan, tgmm
 from moe_jax.kernels.groups import work_items
 from moe_jax.kernels.megablox import megablox_moe, megablox_moe_tpu
@@ -120,6 +121,35 @@ def test_gather_sum_weights_each_picked_row():
     weight = jax.random.uniform(jax.random.key(6), (11, 3))
     want = np.einsum("tk,tkd->td", np.asarray(weight), np.asarray(src)[np.asarray(index)])
     close(jax.jit(functools.partial(gather_sum, tile_m=TM))(src, index, weight), want)
+    other = jax.random.normal(jax.random.key(7), (11, 16))
+    out, dots = jax.jit(functools.partial(gather_sum, tile_m=TM))(src, index, weight, other=other)
+    close(out, want)
+    close(dots, np.einsum("td,tkd->tk", np.asarray(other), np.asarray(src)[np.asarray(index)]))
+
+
+def all_shapes(jaxpr) -> set:
+    """Shapes of every value computed in a jaxpr, its sub-jaxprs included."""
+    shapes = set()
+    for eqn in jaxpr.eqns:
+        shapes |= {tuple(v.aval.shape) for v in eqn.outvars}
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes |= all_shapes(inner)
+    return shapes
+
+
+def test_fused_backward_builds_no_token_order_copy_of_the_expert_outputs():
+    """d gates are dotted inside the d ys gather: no [T, K, D] copy of the expert outputs exists."""
+    t, k, d = 13, 3, 16
+    idx = np.stack([np.random.default_rng(3).permutation(5)[:k] for _ in range(t)])
+    x, idx, gates, wg, wu, wd = moe_inputs(idx, 5, d=d, f=24)
+    loss = lambda *a: jnp.sum(pallas_moe(*a, tiles=(TM, 0, 0))[0])  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 2, 3, 4, 5)))(x, idx, gates, wg, wu, wd)
+    shapes = all_shapes(jaxpr.jaxpr)
+    assert (t * k, d) in shapes and (t, k) in shapes  # the expert-order rows and the gates' gradient
+    assert (t, k, d) not in shapes
 
 
 def test_bf16_inputs_accumulate_in_f32_and_come_out_bf16():
@@ -137,6 +167,26 @@ def test_bf16_inputs_accumulate_in_f32_and_come_out_bf16():
     assert np.abs(np.asarray(bf16_sum, np.float32) - f32).max() > err.max()
 
 
+def test_bf16_tgmm_accumulates_rows_in_f32():
+    """Group 0 spans 13 row tiles of 8: its weight gradient is accumulated over 13 grid steps."""
+    sizes = jnp.asarray([100, 0, 28], jnp.int32)
+    lhs, _, grad = operands(128, 3, seed=8, k=128, n=128)
+    lhs, grad = lhs.astype(jnp.bfloat16), grad.astype(jnp.bfloat16)
+    want = np.asarray(jax.vjp(lambda w: jax.lax.ragged_dot(lhs.astype(jnp.float32), w, sizes),
+                              jnp.zeros((3, 128, 128)))[1](grad.astype(jnp.float32))[0])
+    run = jax.jit(functools.partial(tgmm, tiles=(8, 0, 0)), static_argnames="out_dtype")
+    close(run(lhs, grad, sizes, out_dtype=jnp.float32), want)  # bf16 products are exact in f32: f32 sums
+    out = run(lhs, grad, sizes)
+    assert out.dtype == jnp.bfloat16
+    err = np.abs(np.asarray(out, np.float32) - want)
+    assert np.all(err <= 2.0**-8 * np.abs(want) + 1e-6)  # only the final rounding to bf16
+    # Accumulating the 13 row-tile partial products of group 0 in bf16 instead loses more than that.
+    a, g = np.asarray(lhs, np.float32), np.asarray(grad, np.float32)
+    partial = [jnp.asarray(a[r:min(r + 8, 100)].T @ g[r:min(r + 8, 100)]) for r in range(0, 100, 8)]
+    bf16_sum = functools.reduce(lambda s, p: (s + p).astype(jnp.bfloat16), partial, jnp.zeros((128, 128), jnp.bfloat16))
+    assert np.abs(np.asarray(bf16_sum, np.float32) - want[0]).max() > err[0].max()
+
+
 def moe_inputs(idx, e, d=8, f=12, seed=0):
     t, k = idx.shape
     keys = jax.random.split(jax.random.key(seed), 5)
@@ -146,14 +196,25 @@ def moe_inputs(idx, e, d=8, f=12, seed=0):
             jax.random.normal(keys[4], (e, f, d)) / np.sqrt(f))
 
 
-@pytest.mark.parametrize("routing", ["one_expert", "top2_uneven"])
-def test_pallas_dispatch_equals_the_loop_forward_and_gradients(routing):
+def routing(name: str):
+    """expert_idx [21, K] and E of a routing; 21 rows = 2 row tiles of 8 + 5, so groups straddle tiles."""
     rng = np.random.default_rng(2)
-    if routing == "one_expert":
-        idx = np.full((21, 1), 2)  # experts 0, 1, 3 empty; 21 rows = 2 tiles + 5
-    else:
-        idx = np.stack([rng.choice([0, 1, 3], size=2, replace=False, p=[0.6, 0.3, 0.1]) for _ in range(21)])
-    x, idx, gates, wg, wu, wd = moe_inputs(idx, 4)
+    if name == "one_expert":  # all rows on expert 2; experts 0, 1, 3 empty
+        return np.full((21, 1), 2), 4
+    if name == "sizes_0_1_irregular":  # top-1, group sizes [5, 0, 11, 1, 4] in shuffled token order
+        return rng.permutation(np.repeat(np.arange(5), [5, 0, 11, 1, 4]))[:, None], 5
+    idx = np.stack([rng.choice(3, size=2, replace=False, p=[0.6, 0.3, 0.1]) for _ in range(21)])
+    idx[7, 1] = 3  # top-2 with expert 3 chosen exactly once
+    return idx, 4
+
+
+@pytest.mark.parametrize(("name", "sizes_include"), [("one_expert", {0, 21}), ("sizes_0_1_irregular", {0, 1, 5, 11}),
+                                                     ("top2_singleton", {1})], ids=["one_expert", "sizes_0_1_irregular",
+                                                                                    "top2_singleton"])
+def test_pallas_dispatch_equals_the_loop_forward_and_gradients(name, sizes_include):
+    idx, experts = routing(name)
+    assert sizes_include <= set(np.bincount(idx.ravel(), minlength=experts).tolist())
+    x, idx, gates, wg, wu, wd = moe_inputs(idx, experts)
     probe = jax.random.normal(jax.random.key(9), x.shape)
 
     def loss(fn, x, gates, wg, wu, wd):
@@ -170,20 +231,46 @@ def test_pallas_dispatch_equals_the_loop_forward_and_gradients(routing):
         close(g, w)
 
 
+def test_bf16_pallas_dispatch_matches_the_f32_loop():
+    """bf16 activations and weights through the fused path: within bf16 rounding of an f32 computation."""
+    idx, experts = routing("sizes_0_1_irregular")
+    x, idx, gates, wg, wu, wd = moe_inputs(idx, experts, d=128, f=256)
+    bf16 = [v.astype(jnp.bfloat16) for v in (x, wg, wu, wd)]
+    y, _ = jax.jit(functools.partial(pallas_moe, tiles=(TM, 0, 0)))(bf16[0], idx, gates, *bf16[1:])
+    want, _ = loop_moe(bf16[0].astype(jnp.float32), idx, gates, *[w.astype(jnp.float32) for w in bf16[1:]], None)
+    assert y.dtype == jnp.bfloat16
+    close(y.astype(jnp.float32), want, rtol=1e-2)  # a, b, h, ys and y each rounded to bf16 once
+
+
 def tiny_moe_config(dispatch, **overrides):
     return model_config(d_model=16, ffn_hidden=24, experts=4, top_k=2, dispatch=dispatch,
                         capacity_factor_train=4.0, **overrides)  # C = T·k: nothing drops in `loop`
 
 
-def test_moe_layer_with_pallas_equals_the_loop_layer():
+def test_moe_layer_with_pallas_equals_the_loop_layer_forward_and_gradients():
+    """The whole layer (router included): output, and gradients of all parameters and of the input."""
     x = jax.random.normal(jax.random.key(3), (2, 12, 16))  # [B, S, D]
-    outs = {}
+    probe = jax.random.normal(jax.random.key(5), x.shape)
+
+    def loss(layer, x):
+        y, stats = layer(x)
+        return jnp.sum(y * probe), (y, stats["dropped_fraction"])
+
+    results = {}
     for name in ("pallas", "loop"):
         layer = MoE(tiny_moe_config(name, tile_m=8), ParamKeys(nnx.Rngs(4)))  # the same weights for both
-        y, stats = layer(x) if name == "loop" else nnx.jit(lambda m, v: m(v))(layer, x)
-        outs[name] = y
-        assert float(stats["dropped_fraction"]) == 0.0
-    close(outs["pallas"], outs["loop"])
+        grad = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+        (_, (y, dropped)), (d_params, d_x) = (nnx.jit(grad) if name == "pallas" else grad)(layer, x)
+        assert float(dropped) == 0.0
+        results[name] = (y, d_x, nnx.to_pure_dict(d_params))
+    (y, d_x, d_params), (y_ref, d_x_ref, d_params_ref) = results["pallas"], results["loop"]
+    close(y, y_ref)
+    close(d_x, d_x_ref)
+    assert jax.tree.structure(d_params) == jax.tree.structure(d_params_ref)
+    assert {"w_gate", "w_up", "w_down", "router"} <= set(d_params)
+    for got, want in zip(jax.tree.leaves(d_params), jax.tree.leaves(d_params_ref)):
+        assert np.abs(np.asarray(want)).max() > 0  # every parameter gets a gradient
+        close(got, want)
 
 
 def test_auto_resolves_per_backend_at_build_and_in_model_info(capsys):
@@ -193,6 +280,16 @@ def test_auto_resolves_per_backend_at_build_and_in_model_info(capsys):
     code = cli.main(["model-info", "--config", f"{ROOT}/configs/tiny.py", "--config.model.dispatch=auto"])
     rows = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
     assert code == 0 and rows["dispatch"] == "capacity"
+
+
+def test_model_info_prints_the_pallas_tiles(capsys):
+    argv = ["model-info", "--config", "tiny", "--config.model.dispatch=pallas", "--config.model.tile_m=64", "--json"]
+    assert cli.main(argv) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dispatch"] == "pallas" and info["ragged_dot_triton"] is False
+    # tiny: D = 128, F = 384, 16 sequences of 128 tokens, top-1; tk, tn the whole dimensions (they fit)
+    assert info["tiles"] == ("gate/up 64x128x384, down 64x384x128, tgmm gate/up 64x128x384, tgmm down 64x384x128 "
+                             "(tm x tk x tn at T·K = 2048 rows)")
 
 
 def test_megablox_off_tpu_is_a_one_line_config_error():
@@ -219,15 +316,12 @@ def test_tile_defaults_and_shape_errors():
         choose_tiling(64, 512, 128, (0, 384, 0))
 
 
-def test_ragged_dot_triton_flag_is_set_only_while_tracing():
+def test_ragged_dot_triton_context_restores_the_flag():
     seen = []
     with ragged_dot_triton(True):
         seen.append(jax.config.jax_ragged_dot_use_gpu_pallas_triton_lowering)
     seen.append(jax.config.jax_ragged_dot_use_gpu_pallas_triton_lowering)
     assert seen == [True, False]
-    x, idx, gates, wg, wu, wd = moe_inputs(np.zeros((6, 1), int), 2)
-    y, _ = jax.jit(get_dispatch("dropless", ragged_dot_triton=True), static_argnums=6)(x, idx, gates, wg, wu, wd, None)
-    close(y, loop_moe(x, idx, gates, wg, wu, wd, None)[0])
 
 
 def test_tpu_kernels_lower_for_a_tpu_target_off_device():
@@ -277,6 +371,10 @@ def test_byte_counts_from_block_specs():
     rows = jnp.arange(32, dtype=jnp.int32)
     gathered = gmm_plan(32, 16, (2, 16, 24), 2, meta, tiling, rows).hbm_bytes()
     assert gathered == {"read": counted["read"] + rows.nbytes, "written": out}  # same traffic, plus the index
+    index = np.zeros((32, 1), np.int32)  # d ys of 32 sorted rows (top-1), gathered from dy [T, 16]
+    plain, dotted = (gather_sum_plan((32, 16), index, 2, 8, dots).hbm_bytes() for dots in (False, True))
+    assert plain == {"read": index.nbytes + 32 * 4 + 32 * 16 * 2, "written": 32 * 16 * 2}  # index, gates, rows
+    assert dotted == {"read": plain["read"] + 32 * 16 * 2, "written": plain["written"] + 32 * 4}  # + ys, d gates
 
 
 def test_docs_table_is_the_code_output():

@@ -37,9 +37,22 @@ def resolve_dispatch(name: str, backend: str | None = None) -> str:
     return AUTO_CHOICE.get(backend, "capacity")
 
 
+def triton_setting(value) -> str | bool:
+    """model.ragged_dot_triton as 'auto', True or False (also from the strings 'true'/'false', any case)."""
+    if isinstance(value, bool):
+        return value
+    names = {"auto": "auto", "true": True, "false": False}
+    if isinstance(value, str) and value.lower() in names:
+        return names[value.lower()]
+    raise ConfigError(f"model.ragged_dot_triton = {value!r} is invalid; choose auto, true or false")
+
+
 @contextlib.contextmanager
 def ragged_dot_triton(enabled: bool):
-    """While tracing, lower jax.lax.ragged_dot on GPU through Pallas-Triton (the JAX flag TRITON_FLAG)."""
+    """Inside, JAX lowers jax.lax.ragged_dot for GPU through Pallas-Triton (its flag TRITON_FLAG).
+
+    The flag is read when a computation is lowered, so the context must cover the jit call that
+    compiles (not only the tracing of a function inside it)."""
     import jax
 
     if not hasattr(jax.config, TRITON_FLAG):
@@ -54,28 +67,21 @@ def ragged_dot_triton(enabled: bool):
         jax.config.update(TRITON_FLAG, before)
 
 
-def _with_triton(fn):
-    @functools.wraps(fn)
-    def traced_with_flag(*args, **kwargs):
-        with ragged_dot_triton(True):
-            return fn(*args, **kwargs)
-
-    return traced_with_flag
-
-
-def get_dispatch(name: str, tiles=(0, 0, 0), ragged_dot_triton: bool = False):
+def get_dispatch(name: str, tiles=(0, 0, 0), ragged_dot_triton="auto"):
     """The dispatch function called `name` (imported lazily; `auto` resolved for this backend).
 
     tiles = (tile_m, tile_k, tile_n) of the Pallas kernels (0 = per-shape default);
-    ragged_dot_triton: trace `dropless` with the GPU Pallas-Triton ragged_dot lowering.
+    ragged_dot_triton: 'auto' | True | False, whether `dropless` is lowered on GPU through JAX's
+    Pallas-Triton ragged_dot (decided when traced, at the call's shapes: `triton_choice.py`).
     """
     name = resolve_dispatch(name)
     if name == "capacity":
         from moe_jax.kernels.capacity import capacity_moe as fn
     elif name == "dropless":
-        from moe_jax.kernels.dropless import dropless_moe as fn
+        from moe_jax.kernels.dropless import dropless_moe
+        from moe_jax.kernels.triton_choice import with_triton_choice
 
-        fn = _with_triton(fn) if ragged_dot_triton else fn
+        fn = with_triton_choice(dropless_moe, triton_setting(ragged_dot_triton))
     elif name == "onehot":
         from moe_jax.kernels.onehot import onehot_moe as fn
     elif name == "loop":

@@ -6,7 +6,9 @@
     y[t] = Σ_k gate[t, k] · ys[inverse[t, k]]      # gather_sum: combine without scatter-add
 
 The backward passes are gathers too: dx sums each token's K rows of the gate and up input
-gradients (added in expert order) through `inverse`; d ys reads dy through `rows` scaled by the gates.
+gradients (added in expert order) through `inverse`; d ys reads dy through `rows` scaled by the gates,
+and the same kernel dots each gathered dy row with its ys row (d gates, in expert order, [T·K] scalars
+taken back to [T, K] through `inverse`).
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ def _combine_bwd(tile_m, interpret, residuals, dy):
     ys, inverse, order, gates = residuals
     k = gates.shape[1]
     sorted_gate = jnp.take(gates.reshape(-1), order)[:, None]  # [TK, 1]
-    d_ys = gather_sum(dy, (order // k)[:, None], sorted_gate, tile_m, interpret)  # [TK, D]
-    picked = jnp.take(ys, inverse, axis=0).astype(jnp.float32)  # [T, K, D]
-    d_gates = jnp.einsum("tkd,td->tk", picked, dy.astype(jnp.float32)).astype(gates.dtype)
+    # Sorted row r: d ys[r] = gate · dy[token of r]; d gate = <ys[r], dy[token of r]>, dotted while in VMEM.
+    d_ys, d_sorted_gate = gather_sum(dy, (order // k)[:, None], sorted_gate, tile_m, interpret, other=ys)
+    d_gates = jnp.take(d_sorted_gate[:, 0], inverse).astype(gates.dtype)  # [T, K]: sorted row of each assignment
     return d_ys, None, None, d_gates
 
 

@@ -107,6 +107,16 @@ def choose_tiling(m: int, k: int, n: int, tiles: Sequence[int] = (0, 0, 0), item
     return Tiling(tm, tk, tn)
 
 
+def layer_tilings(rows: int, d_model: int, ffn: int, tiles: Sequence[int] = (0, 0, 0),
+                  itemsize: int = 2) -> dict[str, Tiling]:
+    """Tiles of the grouped kernels of one `pallas` MoE layer with `rows` = T·K assignments (the
+    backward's gmm with transposed weights has the forward tiles of the other projection)."""
+    return {"gate/up": choose_tiling(rows, d_model, ffn, tiles, itemsize),
+            "down": choose_tiling(rows, ffn, d_model, tiles, itemsize),
+            "tgmm gate/up": choose_tiling(rows, d_model, ffn, tiles, itemsize, weight_grad=True),
+            "tgmm down": choose_tiling(rows, ffn, d_model, tiles, itemsize, weight_grad=True)}
+
+
 def check_tiles(tiles: Sequence[int], widths: Sequence[int]) -> None:
     """Validate (tile_m, tile_k, tile_n) of a config against the model's column widths (D and F)."""
     _check_tile("tile_m", tiles[0], 0)

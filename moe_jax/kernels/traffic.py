@@ -2,7 +2,7 @@
 
 Kernel stages are counted from their block specs (`KernelPlan.hbm_bytes`); XLA stages (the
 unfused path's permute, unpermute and their gradients, the SwiGLU product and its gradient, the
-gate gradient) as one read of every input and one write of the output. Routing is balanced
+unfused gate gradient) as one read of every input and one write of the output. Routing is balanced
 (T·K/E assignments per expert). Both variants use the same Pallas gmm/tgmm kernels, so the
 difference is what fusing the permutations saves.
 """
@@ -50,9 +50,9 @@ class _Layer:
         rows = padded_rows(self.rows, self.m, tiling.tm) if gathered else None
         return _count(tgmm_plan(self.m, k, n, self.e, self.b, meta, tiling, rows))
 
-    def gather_sum(self, out_rows: int, fan_in: int) -> int:
+    def gather_sum(self, out_rows: int, fan_in: int, dots: bool = False) -> int:
         tt = choose_tiling(out_rows, self.d, self.d, (self.tiles[0], 0, 0)).tm
-        return _count(gather_sum_plan((self.m, self.d), np.zeros((out_rows, fan_in), np.int32), self.b, tt))
+        return _count(gather_sum_plan((self.m, self.d), np.zeros((out_rows, fan_in), np.int32), self.b, tt, dots))
 
 
 def forward_bytes(layer: _Layer) -> dict[str, tuple[int, int]]:
@@ -73,9 +73,11 @@ def backward_bytes(layer: _Layer) -> dict[str, tuple[int, int]]:
     """{stage: (fused, unfused)} HBM bytes of one MoE layer's backward pass (weights' and input gradients)."""
     m, d, f, b = layer.m, layer.d, layer.f, layer.b
     act, tok, idx, hid = m * d * b, layer.t * d * b, 4 * m, m * f * b
-    d_gates = act + tok + idx + 4 * m  # the picked rows · dy, both variants
+    d_gates = act + tok + idx + 4 * m  # unfused: the unpermuted rows · dy in XLA
+    # fused: one kernel gathers dy, scales it (d ys) and dots it with ys (read blocked); [T·K] -> [T, K] in XLA
+    fused_d_ys = layer.gather_sum(m, 1, dots=True) + idx + 4 * m + 4 * m
     return {
-        "d ys, d gates": (layer.gather_sum(m, 1) + d_gates, (tok + 4 * m + act) + d_gates + (idx + 2 * act)),
+        "d ys, d gates": (fused_d_ys, (tok + 4 * m + act) + d_gates + (idx + 2 * act)),
         "gmm down backward": (layer.gmm(d, f, transpose_rhs=True) + layer.tgmm(f, d),) * 2,
         "SwiGLU backward": (5 * hid,) * 2,
         "gmm gate + up backward": tuple(  # two gmm^T, two tgmm, the sum of the two input gradients

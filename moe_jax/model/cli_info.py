@@ -72,9 +72,38 @@ def compile_report(args, extra: list[str], config) -> dict:
     return {k: report[k] for k in ("devices", "mesh", "batch_size", "per_device_bytes", "compile_s")}
 
 
+def kernel_choices(m, tokens: int) -> dict:
+    """How the MoE layers of model section `m` run on this host at `tokens` tokens per call: the
+    dispatch (`auto` resolved), the ragged_dot lowering (`auto` measured on GPU, cached) and, for
+    `pallas`, the tiles tm×tk×tn of each grouped kernel."""
+    from moe_jax.kernels import resolve_dispatch
+    from moe_jax.kernels.tiling import layer_tilings
+    from moe_jax.model.config import DTYPES
+
+    choice = {"dispatch": resolve_dispatch(m.dispatch), "ragged_dot_triton": False}
+    if choice["dispatch"] == "dropless":
+        from moe_jax.kernels.triton_choice import LayerShape, resolve_triton
+
+        shape = LayerShape(tokens, m.d_model, m.ffn_hidden, m.experts, m.top_k, m.compute_dtype)
+        choice["ragged_dot_triton"] = resolve_triton(m.ragged_dot_triton, shape)
+    if choice["dispatch"] == "pallas":
+        rows = tokens * m.top_k
+        tilings = layer_tilings(rows, m.d_model, m.ffn_hidden, (m.tile_m, m.tile_k, m.tile_n),
+                                DTYPES[m.compute_dtype].itemsize)
+        choice["tiles"] = ", ".join(f"{name} {t.tm}x{t.tk}x{t.tn}" for name, t in tilings.items()) + (
+            f" (tm x tk x tn at T·K = {rows} rows)")
+    return choice
+
+
+def layer_tokens(config, seq_len: int) -> int:
+    """Tokens per MoE call: train.batch_size sequences of seq_len (one sequence without a train section)."""
+    if "train" in config and "batch_size" in config.train:
+        return int(config.train.batch_size) * seq_len
+    return seq_len
+
+
 def model_info(config, seq_len: int) -> dict:
     """The model-info record of a loaded config (model section validated, counted via eval_shape)."""
-    from moe_jax.kernels import resolve_dispatch
     from moe_jax.model import count_params, validate_model_config
 
     m = config.model
@@ -86,7 +115,7 @@ def model_info(config, seq_len: int) -> dict:
     return {
         "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads, "head_dim": m.head_dim,
         "ffn_hidden": m.ffn_hidden, "experts": m.experts, "top_k": m.top_k, "vocab": m.vocab_size,
-        "dispatch": resolve_dispatch(m.dispatch),  # `auto` resolved for the backend this runs on
+        **kernel_choices(m, layer_tokens(config, seq_len)),  # `auto` resolved for the backend this runs on
         **counts,
         "seq_len": seq_len,
         "flops_per_token": six_n,

@@ -6,7 +6,7 @@ import ml_dtypes
 import numpy as np
 
 from moe_jax.errors import ConfigError
-from moe_jax.kernels import DISPATCH_NAMES
+from moe_jax.kernels import DISPATCH_NAMES, triton_setting
 from moe_jax.kernels.tiling import check_tiles
 from moe_jax.scaling import constants
 from moe_jax.scaling.counting import ModelShape
@@ -41,7 +41,8 @@ def fill_model_defaults(cfg, **overrides):
     cfg.tile_m = 0  # Pallas kernels' row tile (multiple of 8); 0 = per-shape default (moe_jax/kernels/tiling.py)
     cfg.tile_k = 0  # contraction tile (divides D and F, multiple of 128); 0 = per-shape default
     cfg.tile_n = 0  # output-column tile (divides D and F, multiple of 128); 0 = per-shape default
-    cfg.ragged_dot_triton = False  # GPU: lower ragged_dot (dispatch dropless/auto) via Pallas-Triton
+    cfg.ragged_dot_triton = "auto"  # GPU, dispatch dropless: lower ragged_dot via Pallas-Triton: true | false |
+    # auto (time both once per shape, keep the faster; cached; false off GPU) -- moe_jax/kernels/triton_choice.py
     cfg.norm = "layernorm"  # pre-norm type: layernorm (scale + bias, eps 1e-5) | rmsnorm (scale)
     cfg.final_norm = False  # norm before the output head (the authors' code has none)
     cfg.rope_base = 10000.0  # RoPE base frequency
@@ -59,6 +60,8 @@ def fill_model_defaults(cfg, **overrides):
     for key, value in overrides.items():
         if key not in cfg:
             raise ConfigError(f"unknown model field {key!r}; valid fields: {', '.join(sorted(cfg.keys()))}")
+        if key == "ragged_dot_triton" and isinstance(value, bool):
+            value = str(value).lower()  # a str field (it may be "auto"): a ConfigDict keeps its type
         cfg[key] = value
     return cfg
 
@@ -104,7 +107,8 @@ def validate_model_config(cfg) -> None:
     _choice(cfg, "remat", REMATS)
     if isinstance(cfg.token_groups, bool) or not isinstance(cfg.token_groups, int) or cfg.token_groups < 0:
         raise ConfigError(f"model.token_groups = {cfg.token_groups!r} must be an integer >= 0 (0 = one per device)")
-    for field in ("final_norm", "ragged_dot_triton", "scan_layers"):
+    triton_setting(cfg.ragged_dot_triton)
+    for field in ("final_norm", "scan_layers"):
         if not isinstance(cfg[field], bool):
             raise ConfigError(f"model.{field} = {cfg[field]!r} must be true or false")
     check_tiles((cfg.tile_m, cfg.tile_k, cfg.tile_n), (cfg.d_model, cfg.ffn_hidden))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.errors import ConfigError
-from moe_jax.kernels import DROPPING, get_dispatch, resolve_dispatch
+from moe_jax.kernels import DROPPING, get_dispatch, resolve_dispatch, triton_setting
 from moe_jax.model.init import DTYPES, ParamKeys, truncated_param
 from moe_jax.model.router import Router, router_stats
 
@@ -25,7 +25,7 @@ def pallas_grouped_matmul(tiles=(0, 0, 0)):
 
 
 def dispatch_in_groups(name: str, groups: int, x, expert_idx, gates, weights, capacity, *,
-                       tiles=(0, 0, 0), ragged_dot_triton: bool = False):
+                       tiles=(0, 0, 0), ragged_dot_triton="auto"):
     """Each of `groups` token groups dispatched on its own (its own capacity); expert-parallel under a mesh.
 
     x [G, Tg, D], expert_idx/gates [G, Tg, K], weights (w_gate, w_up, w_down) -> (y [G, Tg, D], kept [G, Tg, K]).
@@ -61,7 +61,7 @@ class MoE(nnx.Module):
         self.cf_train, self.cf_eval = float(cfg.capacity_factor_train), float(cfg.capacity_factor_eval)
         self.dispatch = resolve_dispatch(cfg.dispatch)  # `auto` becomes this backend's choice here
         self.tiles = (cfg.tile_m, cfg.tile_k, cfg.tile_n)
-        self.ragged_dot_triton = bool(cfg.ragged_dot_triton)
+        self.ragged_dot_triton = triton_setting(cfg.ragged_dot_triton)  # 'auto' is resolved when traced
         self.token_groups = max(int(cfg.token_groups), 1)
         self.dtype = DTYPES[cfg.compute_dtype]
 

@@ -27,7 +27,7 @@ def enable_compilation_cache() -> None:
     """Persist compiled steps in the user cache dir, so a restarted (preempted) run skips recompiling."""
     import jax
 
-    from moe_jax.train.mfu import cache_dir
+    from moe_jax.user_cache import cache_dir
 
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax_compilation_cache"))

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from moe_jax.user_cache import read_table, write_table
+
 PEAK_ENV = "MOE_JAX_PEAK_FLOPS"  # set to a number (FLOP/s per device) to skip measuring
-
-
-def cache_dir() -> Path:
-    """The user cache dir for moe_jax ($XDG_CACHE_HOME/moe_jax or ~/.cache/moe_jax)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "moe_jax"
 
 
 def _device_key(dtype: str) -> str:
@@ -47,12 +41,8 @@ def matmul_peak(dtype: str = "float32", remeasure: bool = True) -> float:
     """
     if os.environ.get(PEAK_ENV):
         return float(os.environ[PEAK_ENV])
-    path = cache_dir() / "matmul_peak.json"
     key = _device_key(dtype)
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
+    table = read_table("matmul_peak.json")
     cached = float(table[key]) if isinstance(table.get(key), (int, float)) and table[key] > 0 else 0.0
     if cached and not remeasure:
         return cached
@@ -60,13 +50,7 @@ def matmul_peak(dtype: str = "float32", remeasure: bool = True) -> float:
     if peak == cached:
         return peak
     table[key] = peak
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
-    except OSError:
-        pass  # an unwritable cache only costs a re-measurement next time
+    write_table("matmul_peak.json", table)  # an unwritable cache only costs a re-measurement next time
     return peak
 
 

@@ -25,7 +25,9 @@ RESUME_MUTABLE = {"train.progress", "train.log_every", "train.tensorboard", "tra
                   "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoints",
                   # A run may move to another slice (checkpoints reshard on restore). With model.token_groups = 0
                   # the capacity groups follow the mesh; pin token_groups to keep them fixed across meshes.
-                  "mesh.data", "mesh.fsdp", "mesh.expert", "mesh.tensor"}
+                  "mesh.data", "mesh.fsdp", "mesh.expert", "mesh.tensor",
+                  # How ragged_dot is lowered on GPU (same values; older runs stored false, now "auto").
+                  "model.ragged_dot_triton"}
 
 
 UNSTACKED_LAYERS = ("was trained by an older moe_jax that kept one parameter tree per layer; this version stacks "
