@@ -216,3 +216,20 @@ def test_bootstrap_intervals_are_around_the_estimate():
     for k, (lo, hi) in {**iv["coefficients"], **iv["derived"]}.items():
         assert 0 < hi - lo < 5 * abs(estimates[k]), k
         assert lo - (hi - lo) <= estimates[k] <= hi + (hi - lo), k
+
+
+def test_derived_budgets_follow_the_runs_scale_when_they_carry_shapes():
+    """N* is reported at the paper's 1e20/1e22 for shape-less runs, and inside a sweep's own range otherwise."""
+    from moe_jax.scaling.fit import DERIVED_FLOPS, derived_budgets
+    from moe_jax.scaling.fit_data import RunData
+
+    n = np.array([4e4, 1e5, 3e5])
+    d = np.array([1e6, 4e6, 8e6])
+    shapeless = RunData(n, d, np.array([3.0, 2.8, 2.6]), np.ones(3))
+    assert derived_budgets(shapeless) == DERIVED_FLOPS
+    with_shapes = RunData(n, d, shapeless.loss, np.ones(3), d_model=np.array([32.0, 48, 64]),
+                          n_layers=np.array([2.0, 3, 4]))
+    budgets = derived_budgets(with_shapes)
+    flops = 6 * n * d  # 2.4e11 … 1.44e13
+    assert budgets == (2e12, 1e13)  # geometric middle 1.86e12 and top 1.44e13, one significant digit
+    assert all(0.5 * flops.min() <= f <= 1.5 * flops.max() for f in budgets)

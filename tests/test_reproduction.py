@@ -73,3 +73,11 @@ def test_plan_uses_the_fits_shape_rule(capsys, committed_fit):
     assert plan["shape_rule"] == committed_fit["shape_rule"] == {"head_dim": 16, "vocab": 259}
     lo, hi = committed_fit["fitted_range"]["d_model"]
     assert all(lo / 2 <= row["d_model"] <= hi * 2 for row in plan["compute_optimal"])
+
+
+def test_plan_says_its_lr_is_the_papers_rule_only_for_a_fit_of_its_own(capsys):
+    """A fit's law does not fit the LR: its plan says the LR comes from the paper's rule; the paper's plan does not."""
+    assert main(["plan", "--coeffs", str(DATA / "fit.json"), "--flops", "1e12"]) == 0
+    assert "peak LR is the paper's rule (SPEC §3), not part of this law's fit" in capsys.readouterr().out
+    assert main(["plan", "--flops", "1e22"]) == 0
+    assert "not part of this law's fit" not in capsys.readouterr().out

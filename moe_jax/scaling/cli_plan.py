@@ -156,6 +156,9 @@ def format_plan(plan: dict) -> str:
     lines += ["", f"recommended: E={r['experts']}, d_model={r['d_model']:.0f}, {_num(r['n_layers'])} layers, "
               f"{_num(r['n_heads'])} heads (head dim {h}), {r['tokens']:.3g} tokens, predicted loss {r['loss']:.4f}, "
               f"peak LR {r['lr']:.2e}{approx}"]
+    if not shape.is_paper:
+        lines.append("note: the peak LR is the paper's rule (SPEC §3), not part of this law's fit; check it with a "
+                     "short LR sweep at this scale")
     return "\n".join(lines)
 
 

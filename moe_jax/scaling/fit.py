@@ -27,7 +27,7 @@ from moe_jax.scaling.law import CHINCHILLA_KEYS, JOINT_KEYS
 from moe_jax.scaling.optimal import compute_optimal_closed_form
 
 WEIGHT_MODES = ("paper", "none")
-DERIVED_FLOPS = (1e20, 1e22)  # budgets at which bootstrap intervals of N* are reported
+DERIVED_FLOPS = (1e20, 1e22)  # the paper's scale: budgets of N* for runs without shape columns (derived_budgets)
 RUNS_PER_PARAMETER = 6  # fewer training runs per fitted parameter than this: a warning (sample_size_warnings)
 
 DEFAULTS = {
@@ -152,11 +152,22 @@ def n_opt(law, flops: float, experts: float = 1.0) -> float:
     return float(compute_optimal_closed_form(law, flops, experts)[0])
 
 
-def derived_quantities(law, experts) -> dict[str, float]:
-    """N* at DERIVED_FLOPS for each expert count (names like n_opt_F1e+20_E8)."""
+def derived_budgets(runs: RunData) -> tuple[float, ...]:
+    """Budgets at which N* is reported: DERIVED_FLOPS for runs without shape columns (e.g. the Epoch points,
+    near the paper's scale); for runs with d_model (a sweep of the user's own, whose range the fit records)
+    the geometric middle and the top of the runs' 6·N·D, each to one significant digit."""
+    if runs.d_model is None:
+        return DERIVED_FLOPS
+    budgets = 6.0 * runs.n_act * runs.tokens
+    lo, hi = np.log10(np.min(budgets)), np.log10(np.max(budgets))
+    return tuple(sorted({float(f"{10 ** x:.0e}") for x in (0.5 * (lo + hi), hi)}))
+
+
+def derived_quantities(law, experts, budgets=DERIVED_FLOPS) -> dict[str, float]:
+    """N* at each budget for each expert count (names like n_opt_F1e+20_E8)."""
     out = {}
     for e in experts:
-        for f in DERIVED_FLOPS:
+        for f in budgets:
             key = f"n_opt_F{f:.0e}" + (f"_E{e:g}" if law.kind == "joint" else "")
             with np.errstate(all="ignore"):
                 out[key] = n_opt(law, f, e)
@@ -236,13 +247,13 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
         settings=s,
         n_starts=len(starts),
         seconds=0.0,
-        derived=derived_quantities(law, experts),
+        derived=derived_quantities(law, experts, derived_budgets(runs)),
         warnings=sample_size_warnings(len(train), s.kind) + shape_notes,
         fitted_range=fitted_range,
         shape_rule=shape_rule,
     )
     if s.bootstrap:
-        result.intervals = bootstrap(train, s, cand.x[:1], experts, say)
+        result.intervals = bootstrap(train, s, cand.x[:1], experts, derived_budgets(runs), say)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -275,7 +286,7 @@ def _select(cand, rmses, k: int):
     return Polished(cand.x[order], cand.f[order])
 
 
-def bootstrap(train: RunData, s: FitSettings, starts, experts, say) -> dict:
+def bootstrap(train: RunData, s: FitSettings, starts, experts, budgets, say) -> dict:
     """Percentile intervals (2.5 %, 97.5 %): resample training runs, refit from the best start(s)."""
     rng = np.random.default_rng(s.seed)
     keys = JOINT_KEYS if s.kind == "joint" else CHINCHILLA_KEYS
@@ -288,7 +299,7 @@ def bootstrap(train: RunData, s: FitSettings, starts, experts, say) -> dict:
         p = polish(obj.scalar, starts, relative=True)
         law = theta_to_law(p.x[int(np.argmin(p.f))], s.kind)
         values = dict(law.to_dict())
-        values.update(derived_quantities(law, experts))
+        values.update(derived_quantities(law, experts, budgets))
         for k, v in values.items():
             samples.setdefault(k, []).append(v)
 
