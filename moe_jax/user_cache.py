@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from moe_jax.paths import write_text_atomic
+
 
 def cache_dir() -> Path:
     """The user cache dir for moe_jax ($XDG_CACHE_HOME/moe_jax or ~/.cache/moe_jax)."""
@@ -31,13 +33,11 @@ def read_table(name: str) -> dict:
 
 
 def write_table(name: str, table: dict) -> bool:
-    """Store `table` as `name` (write a temporary file, then rename); False if the cache dir is unwritable."""
+    """Store `table` as `name` (atomically: paths.write_text_atomic); False if the cache dir is unwritable."""
     path = cache_dir() / name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(table, indent=1))
     except OSError:
         return False
     return True

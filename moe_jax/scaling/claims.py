@@ -23,6 +23,7 @@ from moe_jax.errors import UserError
 from moe_jax.paths import open_existing, user_path
 from moe_jax.scaling import constants, optimal
 from moe_jax.scaling.counting import format_count
+from moe_jax.scaling.fit_data import read_csv
 from moe_jax.scaling.law import law_from_dict
 from moe_jax.scaling.shape_rule import PAPER_RULE, ShapeRule
 
@@ -117,13 +118,8 @@ def load_evidence(directory) -> Evidence:
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory with runs.csv and fit.json")
     csv = directory / "runs.csv"
-    try:
-        with open_existing(csv) as f:
-            runs = pd.read_csv(f)
-    except FileNotFoundError:
-        raise UserError(f"{csv} does not exist: write it with `moe-jax sweep collect --out`") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise UserError(f"cannot read {csv}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    runs = read_csv(csv, missing=f"{csv} does not exist: write it with `moe-jax sweep collect --out`",
+                    unreadable=f"cannot read {csv}")
     need = ("n_act", "n_total", "tokens", "experts", "loss", "flops")
     missing = [c for c in need if c not in runs.columns]
     if missing:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+
 from moe_jax.errors import UserError
 from moe_jax.paths import user_path
 

@@ -235,7 +235,7 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
     tr, te = rmses(cand.x)
     theta = cand.x[0]
     law = theta_to_law(theta, s.kind)
-    experts = np.unique(runs.experts)
+    experts, budgets = np.unique(runs.experts), derived_budgets(runs)
     fitted_range, shape_rule, shape_notes = shape_summary(runs)
     result = FitResult(
         kind=s.kind,
@@ -247,13 +247,13 @@ def fit(runs: RunData, settings: FitSettings | str, progress: Callable[[str], No
         settings=s,
         n_starts=len(starts),
         seconds=0.0,
-        derived=derived_quantities(law, experts, derived_budgets(runs)),
+        derived=derived_quantities(law, experts, budgets),
         warnings=sample_size_warnings(len(train), s.kind) + shape_notes,
         fitted_range=fitted_range,
         shape_rule=shape_rule,
     )
     if s.bootstrap:
-        result.intervals = bootstrap(train, s, cand.x[:1], experts, derived_budgets(runs), say)
+        result.intervals = bootstrap(train, s, cand.x[:1], experts, budgets, say)
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -66,18 +66,24 @@ def check_kind(kind: str) -> None:
         raise UserError(f"unknown law {kind!r}: use one of {', '.join(LAW_KINDS)}")
 
 
+def read_csv(path, *, missing: str, unreadable: str) -> pd.DataFrame:
+    """A local or gs:// CSV (`path` from paths.user_path); a missing file is UserError(missing), an unreadable
+    one UserError("{unreadable}: {the error's first line}")."""
+    try:
+        with open_existing(path) as f:
+            return pd.read_csv(f)
+    except FileNotFoundError:
+        raise UserError(missing) from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{unreadable}: {msg}") from None
+
+
 def load_runs(path, kind: str) -> RunData:
     """Read and validate a runs CSV for a law of `kind` ('chinchilla' or 'joint')."""
     check_kind(kind)
     path = user_path(path)
-    try:
-        with open_existing(path) as f:
-            df = pd.read_csv(f)
-    except FileNotFoundError:
-        raise UserError(f"runs file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"cannot read runs CSV {path}: {msg}") from None
+    df = read_csv(path, missing=f"runs file {path} does not exist", unreadable=f"cannot read runs CSV {path}")
     return runs_from_frame(df, kind, source=str(path))
 
 
